@@ -1,0 +1,3 @@
+from quantir.cli import entry
+
+entry()

@@ -1,0 +1,50 @@
+"""``quantir upscale IN... -o OUT`` and ``quantir enhance IN... -o OUT`` with the built-in INT8 models."""
+
+from __future__ import annotations
+
+import sys
+
+TASKS = {"upscale": ("sr", "x3 super-resolution with the built-in INT8 model (or --model)"),
+         "enhance": ("enhance", "photo enhancement with the built-in INT8 model (or --model)")}
+
+
+def add_parsers(sub) -> None:
+    for name, (task, help_text) in TASKS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("inputs", nargs="+", metavar="IN", help="photos and/or folders of photos")
+        p.add_argument("-o", "--output", required=True,
+                       help="output file (one input) or folder; the extension picks the format")
+        if task == "sr":
+            p.add_argument("--scale", type=int, default=3, help="upscaling factor (the built-in model is x3)")
+        p.add_argument("--model", help="a .tflite/.onnx artifact (or checkpoint for --backend torch)")
+        p.add_argument("--backend", choices=["tflite", "onnx", "torch"], default="tflite")
+        p.add_argument("--tile", type=int, default=256 if task == "sr" else 512,
+                       help="tile size in input pixels (bounds memory on large photos)")
+        p.add_argument("--ext", default=".png", help="output format for folder outputs (default .png)")
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+        p.add_argument("--compare", action="store_true", help="also write <name>_compare.png (before | after)")
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--max-pixels", type=float, default=120e6, help="refuse larger inputs (default 120e6)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=run, task=task)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from quantir.infer import Processor, builtin_model, plan_jobs, run_batch
+
+    scale = getattr(args, "scale", 1)
+    model = Path(args.model) if args.model else builtin_model(args.task, args.backend)
+    processor = Processor(model, args.task, scale, backend=args.backend, tile=args.tile, threads=args.threads)
+    jobs = plan_jobs(args.inputs, args.output, args.ext)
+    done, failed = run_batch(jobs, processor, overwrite=args.overwrite, compare=args.compare,
+                             max_pixels=int(args.max_pixels), progress=not args.quiet)
+    for path in done:
+        print(path)
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} image(s) failed:", file=sys.stderr)
+        for _, msg in failed:
+            print(f"error: {msg}", file=sys.stderr)
+        return 1
+    return 0

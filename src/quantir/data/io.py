@@ -1,0 +1,162 @@
+"""Photo I/O: anything Pillow reads becomes uint8 RGB HxWx3; writes are atomic.
+
+Deliberately free of torch so the inference-only install can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from quantir.errors import ImageError
+from quantir.utils import atomic_path
+
+DEFAULT_MAX_PIXELS = 120_000_000  # 120 MP: larger than any phone photo, small enough to stay in RAM
+WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+READ_SUFFIXES = tuple(WRITE_FORMATS) + (".gif", ".ppm", ".pgm")
+
+# We check the pixel count ourselves (with a one-line error); Pillow's bomb guard would warn instead.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclasses.dataclass
+class Photo:
+    """A decoded photo: RGB pixels plus what must survive a round trip."""
+
+    rgb: np.ndarray  # uint8, HxWx3
+    alpha: np.ndarray | None = None  # uint8, HxW
+    icc_profile: bytes | None = None
+    source_mode: str = "RGB"
+    bit_depth: int = 8
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if mode.startswith("I;16") or arr.dtype == np.uint16:
+        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    if arr.dtype.kind == "f":
+        scale = 255.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0
+        return np.clip(np.round(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+    # 32-bit integer images (mode "I") are 16-bit data in Pillow unless they exceed it.
+    top = 65535.0 if int(arr.max(initial=0)) > 255 else 255.0
+    return np.clip(np.round(arr.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
+
+
+def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """Decode ``path`` with EXIF orientation applied; raise ImageError with one line on bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
+                                 f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)")
+            if w == 0 or h == 0:
+                raise ImageError(f"{path}: image has zero size")
+            icc = im.info.get("icc_profile")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _decode(im, icc)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image, or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageError(f"{path}: truncated or corrupt image ({reason})") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: {err}") from None
+
+
+def _decode(im: Image.Image, icc: bytes | None) -> Photo:
+    mode = im.mode
+    alpha = None
+    bit_depth = 16 if mode.startswith("I;16") or mode == "I" else 8
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode_now = im.mode
+    else:
+        mode_now = mode
+    if mode_now in ("RGBA", "LA", "PA", "La", "RGBa"):
+        alpha = np.asarray(im.getchannel("A"), dtype=np.uint8).copy()
+        im = im.convert("RGB") if mode_now in ("RGBA", "RGBa", "PA") else im.convert("L")
+        mode_now = im.mode
+    if mode_now == "CMYK":
+        im = im.convert("RGB")
+        icc = None  # the CMYK profile does not describe the converted RGB pixels
+        mode_now = "RGB"
+    if mode_now in ("RGB", "YCbCr", "LAB", "HSV"):
+        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    else:  # single channel: L, 1, I, I;16*, F
+        gray = _to_uint8(np.asarray(im), mode_now)
+        if gray.ndim == 3:
+            gray = gray[..., 0]
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+    return Photo(rgb=np.ascontiguousarray(rgb), alpha=alpha, icc_profile=icc, source_mode=mode, bit_depth=bit_depth)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 RGB HxWx3 of any readable photo."""
+    return load_photo(path, max_pixels).rgb
+
+
+def output_format(path: str | Path) -> str:
+    fmt = WRITE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unsupported output extension (use one of {', '.join(sorted(WRITE_FORMATS))})")
+    return fmt
+
+
+def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                icc_profile: bytes | None = None, quality: int = 95, grayscale: bool = False) -> None:
+    """Write uint8 RGB (+ optional alpha) atomically: a crash never leaves a partial file at ``path``.
+
+    ``grayscale`` stores the channel mean as a single-channel image (for grayscale sources).
+    """
+    path = Path(path)
+    fmt = output_format(path)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(f"{path}: expected uint8 HxWx3 pixels, got {rgb.dtype} {rgb.shape}")
+    if grayscale:
+        im = Image.fromarray(np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8), "L")
+    else:
+        im = Image.fromarray(rgb, "RGB")
+    if alpha is not None and fmt in ("PNG", "WEBP", "TIFF"):
+        im.putalpha(Image.fromarray(alpha, "L"))
+    params: dict = {}
+    if icc_profile and not grayscale:  # an RGB profile does not describe gray pixels
+        params["icc_profile"] = icc_profile
+    if fmt in ("JPEG", "WEBP"):
+        params["quality"] = quality
+    if fmt == "JPEG":
+        params["subsampling"] = 0 if quality >= 90 else 2
+    if not os.access(path.parent if path.parent.exists() else Path("."), os.W_OK):
+        raise ImageError(f"{path}: output folder is not writable")
+    try:
+        with atomic_path(path) as tmp:
+            im.save(tmp, format=fmt, **params)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name (never by directory order)."""
+    folder = Path(folder)
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READ_SUFFIXES),
+                  key=lambda p: p.name)

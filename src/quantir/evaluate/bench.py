@@ -1,0 +1,101 @@
+"""Latency the way the Mobile AI challenge reports it, plus the MAI 2026 score.
+
+Models are timed round-robin (interleaved) after a warm-up, so machine noise hits every model
+alike; median and min of the raw ``invoke`` (input already quantized) are reported. The score is
+2^(2 * PSNR) / (C * ms) with C = 1.16e16, fitted to the MAI 2026 leaderboard (docs/papers.md 4.2).
+Timing belongs in benchmarks, never in tests.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+MAI_C = 1.16e16
+
+
+def mai_score(psnr_db: float, ms: float) -> float:
+    return 2.0 ** (2.0 * psnr_db) / (MAI_C * ms)
+
+
+class _Timed:
+    def __init__(self, spec: str, hw: tuple[int, int], threads: int):
+        path = Path(spec)
+        self.name = path.name
+        h, w = hw
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if path.suffix.lower() in (".tflite", ".onnx"):
+            from quantir.export.runtime import _quantize, load_runtime
+
+            rt = load_runtime(path, threads=threads)
+            if rt.fixed_hw is not None and rt.fixed_hw != (h, w):
+                raise ValueError(f"{path.name} has a fixed input of {rt.fixed_hw[0]}x{rt.fixed_hw[1]}, not {h}x{w}")
+            m = rt.multiple
+            if h % m or w % m:
+                raise ValueError(f"{path.name} needs sizes divisible by {m}")
+            x = _quantize(img[None], rt.pixel_max, rt.in_dtype, rt.in_scale, rt.in_zp)
+            self.fn = lambda: rt._invoke(x)
+            self.backend = rt.backend
+            self.macs_per_pixel = rt.meta.get("macs_per_pixel")
+        else:
+            import torch
+
+            from quantir.models.stats import macs_per_pixel
+            from quantir.train.checkpoint import load_torch_predictor
+
+            torch.set_num_threads(threads)
+            pred = load_torch_predictor(path)
+            x = torch.from_numpy(img).permute(2, 0, 1)[None].float() * (pred.info.pixel_max / 255.0)
+            model = pred.model
+
+            def run():
+                with torch.no_grad():
+                    model(x)
+
+            self.fn = run
+            self.backend = "torch"
+            self.macs_per_pixel = None if hasattr(model, "graph_module") else macs_per_pixel(model)
+        self.times: list[float] = []
+
+
+def benchmark(models: list[str], hw: tuple[int, int] = (360, 640), threads: int = 2, runs: int = 20,
+              warmup: int = 3, psnr: dict[str, float] | None = None) -> list[dict]:
+    timed = [_Timed(m, hw, threads) for m in models]
+    for t in timed:
+        for _ in range(warmup):
+            t.fn()
+    for _ in range(runs):
+        for t in timed:
+            start = time.perf_counter()
+            t.fn()
+            t.times.append((time.perf_counter() - start) * 1000.0)
+    rows = []
+    for spec, t in zip(models, timed):
+        med, best = statistics.median(t.times), min(t.times)
+        row = {"model": spec, "backend": t.backend, "hw": list(hw), "threads": threads, "runs": runs,
+               "median_ms": med, "min_ms": best}
+        if t.macs_per_pixel:
+            gmac = t.macs_per_pixel * hw[0] * hw[1] / 1e9
+            row.update(gmac=gmac, gmac_per_s=gmac / (med / 1000.0))
+        p = (psnr or {}).get(spec)
+        if p is not None:
+            row.update(psnr_db=p, mai_score=mai_score(p, med))
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = ["| model | backend | median ms | min ms | GMAC | GMAC/s | PSNR | MAI score |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gm = f"{r['gmac']:.2f}" if "gmac" in r else "-"
+        gs = f"{r['gmac_per_s']:.1f}" if "gmac_per_s" in r else "-"
+        ps = f"{r['psnr_db']:.3f}" if "psnr_db" in r else "-"
+        sc = f"{r['mai_score']:.3g}" if "mai_score" in r else "-"
+        lines.append(f"| {Path(r['model']).name} | {r['backend']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+                     f"{gm} | {gs} | {ps} | {sc} |")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""Run .tflite / .onnx artifacts on uint8 RGB images of any size. Never imports torch.
+
+Each artifact carries a ``quantir`` metadata record (task, scale, pixel range, size multiple)
+and its own input/output quantization; the wrappers quantize uint8 pixels with the model's
+input scale/zero point, dequantize its output, pad to the size multiple and crop back, and
+run fixed-shape models through the tiling utility.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from quantir.errors import ModelFileError
+from quantir.evaluate.tiling import tiled_apply
+
+
+def _quantize(pixels: np.ndarray, pixel_max: float, dtype, scale, zero_point) -> np.ndarray:
+    x = pixels.astype(np.float32) * (pixel_max / 255.0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def _dequantize(y: np.ndarray, pixel_max: float, scale, zero_point) -> np.ndarray:
+    if np.issubdtype(y.dtype, np.integer):
+        y = (y.astype(np.float32) - zero_point) * scale
+    return np.clip(np.round(y.astype(np.float32) * (255.0 / pixel_max)), 0, 255).astype(np.uint8)
+
+
+class Runtime:
+    """Common logic: metadata checks, padding to the size multiple, fixed-shape tiling."""
+
+    backend = "?"
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = path, meta
+        self.task = meta.get("task", "sr")
+        self.scale = int(meta.get("scale", 1))
+        self.pixel_max = float(meta.get("pixel_max", 255.0))
+        self.multiple = int(meta.get("size_multiple", 1))
+
+    def check(self, task: str | None = None, scale: int | None = None) -> None:
+        if task is not None and task != self.task:
+            raise ModelFileError(f"{self.path.name} is a {self.task!r} model, not {task!r}")
+        if scale is not None and task == "sr" and scale != self.scale:
+            raise ModelFileError(f"{self.path.name} upscales x{self.scale}, not x{scale}")
+
+    # subclasses: fixed_hw (None if dynamic), _invoke(int8/float NHWC batch) -> NHWC output, io
+    fixed_hw: tuple[int, int] | None = None
+
+    def _run_padded(self, img: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
+        h, w = img.shape[:2]
+        th, tw = target_hw
+        if (th, tw) != (h, w):
+            img = np.pad(img, ((0, th - h), (0, tw - w), (0, 0)), mode="edge")
+        x = _quantize(img[None], self.pixel_max, self.in_dtype, self.in_scale, self.in_zp)
+        y = self._invoke(x)[0]
+        out = _dequantize(y, self.pixel_max, self.out_scale, self.out_zp)
+        return out[: h * self.scale, : w * self.scale]
+
+    def run(self, img: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 -> uint8 (sH)x(sW)x3."""
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected uint8 HxWx3, got {img.dtype} {img.shape}")
+        if self.fixed_hw is None:
+            h, w = img.shape[:2]
+            m = self.multiple
+            return self._run_padded(img, (h + (-h) % m, w + (-w) % m))
+        fh, fw = self.fixed_hw
+        if img.shape[0] <= fh and img.shape[1] <= fw:
+            return self._run_padded(img, (fh, fw))
+        return tiled_apply(img, lambda t: self._run_padded(t, (fh, fw)), scale=self.scale, tile=(fh, fw),
+                           overlap=min(32, fh // 4, fw // 4))
+
+
+class TFLiteRuntime(Runtime):
+    backend = "tflite"
+
+    def __init__(self, path: Path, threads: int = 2):
+        data = path.read_bytes()
+        meta = read_tflite_metadata(data, path)
+        super().__init__(path, meta)
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interpreter = Interpreter(model_content=data, num_threads=threads)
+        except (ValueError, RuntimeError) as err:
+            raise ModelFileError(f"{path}: not a valid TFLite model ({str(err).splitlines()[0]})") from None
+        inp = self.interpreter.get_input_details()[0]
+        out = self.interpreter.get_output_details()[0]
+        self.in_index, self.out_index = inp["index"], out["index"]
+        self.in_dtype, self.out_dtype = inp["dtype"], out["dtype"]
+        self.in_scale, self.in_zp = inp["quantization"]
+        self.out_scale, self.out_zp = out["quantization"]
+        sig = list(inp.get("shape_signature", inp["shape"]))
+        self.fixed_hw = None if (sig[1] == -1 or sig[2] == -1) else (int(sig[1]), int(sig[2]))
+        self._shape = None
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed_hw is None and self._shape != x.shape:
+            self.interpreter.resize_tensor_input(self.in_index, list(x.shape))
+            self.interpreter.allocate_tensors()
+            self._shape = x.shape
+        elif self._shape is None:
+            self.interpreter.allocate_tensors()
+            self._shape = x.shape
+        self.interpreter.set_tensor(self.in_index, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.out_index)
+
+
+class ONNXRuntime(Runtime):
+    backend = "onnx"
+
+    def __init__(self, path: Path, threads: int = 2):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelFileError("running .onnx models needs onnxruntime (pip install 'quantir[export]')") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelFileError(f"{path}: not a valid ONNX model ({str(err).splitlines()[0][:200]})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get("quantir")
+        if raw is None:
+            raise ModelFileError(f"{path}: no quantir metadata (was it exported by 'quantir export'?)")
+        meta = json.loads(raw)
+        super().__init__(path, meta)
+        io = meta["io"]
+        self.in_scale, self.in_zp = io["input_scale"], io["input_zero_point"]
+        self.out_scale, self.out_zp = io["output_scale"], io["output_zero_point"]
+        inp = self.session.get_inputs()[0]
+        self.in_name = inp.name
+        self.in_dtype = np.int8 if "int8" in inp.type else np.float32
+        dims = inp.shape
+        self.fixed_hw = (int(dims[1]), int(dims[2])) if all(isinstance(d, int) for d in dims[1:3]) else None
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.in_name: x})[0]
+
+
+def read_tflite_metadata(data: bytes, path: Path) -> dict:
+    """The ``quantir`` metadata record of a .tflite file, read with the flatbuffer schema only."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelFileError(f"{path}: not a TFLite model (bad file identifier)")
+    try:
+        model = fb.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == b"quantir":
+                buf = model.Buffers(entry.Buffer())
+                return json.loads(bytes(buf.DataAsNumpy()).decode())
+    except Exception as err:
+        raise ModelFileError(f"{path}: corrupt TFLite model ({type(err).__name__})") from None
+    raise ModelFileError(f"{path}: no quantir metadata (was it exported by 'quantir export'?)")
+
+
+def load_runtime(path: str | Path, threads: int = 2) -> Runtime:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: model file is empty")
+    kinds = {".tflite": TFLiteRuntime, ".onnx": ONNXRuntime}
+    cls = kinds.get(path.suffix.lower())
+    if cls is None:
+        raise ModelFileError(f"{path}: unknown model format (expected .tflite or .onnx)")
+    return cls(path, threads=threads)

@@ -1,0 +1,100 @@
+"""TFLite artifacts from a converted quantir model, via litert-torch (no TensorFlow).
+
+The int8 graph is converted once at a static reference size, its depth-to-space chains are
+replaced by native DEPTH_TO_SPACE ops, and (for the dynamic artifact) every activation's H/W
+is marked dynamic. litert-torch cannot convert the dynamic graph directly: its reshape lowering
+needs concrete sizes (docs/toolchain.md section 8).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from quantir.errors import ModelFileError
+from quantir.export import tflite_graph as tg
+from quantir.utils import atomic_write_bytes, silence_stderr
+
+METADATA_NAME = "quantir"
+
+
+def _litert():
+    import logging
+    import warnings
+
+    with silence_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import litert_torch
+        from litert_torch import progress
+        from litert_torch.quantize.quant_config import QuantConfig
+
+    progress.console.quiet = True
+    logging.getLogger("litert_torch").setLevel(logging.ERROR)
+    return litert_torch, QuantConfig
+
+
+class _NHWCFloat(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _convert(module: nn.Module, example_nhwc: torch.Tensor, quantizer=None) -> bytes:
+    litert_torch, QuantConfig = _litert()
+    kwargs = {"quant_config": QuantConfig(pt2e_quantizer=quantizer)} if quantizer is not None else {}
+    with silence_stderr():
+        model = litert_torch.convert(module, (example_nhwc,), **kwargs)
+    return bytes(model.model_content())
+
+
+def add_metadata(model: tg.fb.ModelT, meta: dict) -> None:
+    buf = tg.fb.BufferT()
+    buf.data = list(json.dumps(meta, sort_keys=True).encode())
+    model.buffers.append(buf)
+    entry = tg.fb.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    model.metadata.append(entry)
+
+
+def _finish(raw: bytes, meta: dict, dynamic: bool, path: Path) -> dict:
+    model = tg.read(raw)
+    n_d2s = tg.replace_depth_to_space(model)
+    if dynamic:
+        tg.make_dynamic_hw(model)
+    add_metadata(model, meta)
+    atomic_write_bytes(path, tg.to_bytes(model))
+    return {"path": str(path), "depth_to_space_ops": n_d2s, "dynamic": dynamic}
+
+
+def reference_size(multiple: int, hw: tuple[int, int] | None) -> tuple[int, int]:
+    if hw is None:
+        return 64, 64
+    h, w = hw
+    if h % multiple or w % multiple:
+        raise ModelFileError(f"--shape {h}x{w} must be a multiple of {multiple} for this model")
+    return h, w
+
+
+def export_int8(converted, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
+    """Write the fully-integer TFLite of a converted ``QuantizedModel`` (dynamic H/W unless ``shape``)."""
+    h, w = reference_size(converted.info.size_multiple, shape)
+    example = torch.rand(1, h, w, 3) * converted.info.pixel_max
+    raw = _convert(converted.export_graph, example, converted.quantizer)
+    return _finish(raw, meta, dynamic=shape is None, path=Path(path))
+
+
+def export_float(model: nn.Module, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
+    """Write the FP32 TFLite of a (fused) float model, same I/O layout as the int8 one."""
+    core = model.export_module() if hasattr(model, "export_module") else model
+    h, w = reference_size(model.info.size_multiple, shape)
+    example = torch.rand(1, h, w, 3) * model.info.pixel_max
+    raw = _convert(_NHWCFloat(core).eval(), example)
+    return _finish(raw, meta, dynamic=shape is None, path=Path(path))

@@ -1,0 +1,143 @@
+"""Deployment-aware INT8 x3 SR (AIO_MAI, MAI 2026): extract -> refine -> upsample in LR space.
+
+Paper configuration (docs/papers.md 3.2): stem conv3x3(3->C) without activation; N MobileOne
+blocks; global feature add with the stem output; conv3x3(C->3*s*s); output clamp
+min(ReLU(x), 255); depth-to-space(s). Pixel values 0..255 in and out. C=32, N=8, k=5 gives
+82,683 deploy parameters.
+
+A MobileOne block trains as ReLU(sum_i BN_i(conv3x3_i(x)) + BN(conv1x1(x)) + BN_id(x)) and
+deploys as ReLU(conv3x3(x) + b): ``reparameterize()`` folds every branch exactly.
+
+Differences from the reference, both exact re-expressions: the upsampler is TFLite's DCR
+depth-to-space instead of PyTorch's CRD PixelShuffle (a fixed permutation of the last conv's
+output channels, ``layers.crd_to_dcr_channels``), so the artifact uses one DEPTH_TO_SPACE op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from quantir.models.layers import anchor, conv1x1, conv3x3, depth_to_space, fuse_conv_bn
+from quantir.models.registry import ModelInfo, register_model
+
+
+class MobileOneBlock(nn.Module):
+    """k x (conv3x3+BN) + (conv1x1+BN) + BN identity, summed, ReLU; or its fused deploy form."""
+
+    def __init__(self, channels: int, branches: int = 5, deploy: bool = False):
+        super().__init__()
+        self.channels, self.branches = channels, branches
+        if deploy:
+            self.fused = conv3x3(channels, channels)
+        else:
+            self.convs = nn.ModuleList(
+                nn.Sequential(conv3x3(channels, channels, bias=False), nn.BatchNorm2d(channels))
+                for _ in range(branches))
+            self.scale = nn.Sequential(conv1x1(channels, channels, bias=False), nn.BatchNorm2d(channels))
+            self.identity = nn.BatchNorm2d(channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        if hasattr(self, "fused"):
+            return self.act(self.fused(x))
+        y = self.identity(x) + self.scale(x)
+        for branch in self.convs:
+            y = y + branch(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if hasattr(self, "fused"):
+            return
+        c = self.channels
+        weight = torch.zeros(c, c, 3, 3)
+        bias = torch.zeros(c)
+        for conv, bn in self.convs:
+            w, b = fuse_conv_bn(conv.weight, None, bn)
+            weight += w
+            bias += b
+        w, b = fuse_conv_bn(self.scale[0].weight, None, self.scale[1])
+        weight[:, :, 1:2, 1:2] += w
+        bias += b
+        eye = torch.zeros(c, c, 3, 3)
+        eye[torch.arange(c), torch.arange(c), 1, 1] = 1.0
+        w, b = fuse_conv_bn(eye, None, self.identity)
+        weight += w
+        bias += b
+        self.fused = conv3x3(c, c)
+        self.fused.weight.copy_(weight)
+        self.fused.bias.copy_(bias)
+        del self.convs, self.scale, self.identity
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileOneSRConfig:
+    channels: int = 32
+    blocks: int = 8
+    branches: int = 5
+    scale: int = 3
+    anchor: bool = False  # ABPN-style image-space residual (input repeated s*s times) before the shuffle
+    skip: str = "add"  # "add": f_N + f_0 (paper); "concat": conv1x1 over [f_N, f_0]; "none"
+    stem_act: bool = False  # ReLU after the stem (the reference has none; wide-range stems quantize coarsely)
+    deploy: bool = False  # build the fused form directly (to load deploy checkpoints)
+
+    def __post_init__(self):
+        from quantir.config import require
+
+        require(self.channels > 0 and self.blocks >= 0 and self.branches >= 1, "mobileone_sr: bad sizes")
+        require(self.scale in (2, 3, 4), "mobileone_sr: scale must be 2, 3 or 4")
+        require(self.skip in ("add", "concat", "none"), "mobileone_sr: skip must be add, concat or none")
+
+
+class MobileOneSR(nn.Module):
+    def __init__(self, cfg: MobileOneSRConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.info = ModelInfo(task="sr", scale=cfg.scale, pixel_max=255.0)
+        c, s = cfg.channels, cfg.scale
+        self.stem = conv3x3(3, c)
+        self.stem_act = nn.ReLU() if cfg.stem_act else nn.Identity()
+        self.body = nn.Sequential(*[MobileOneBlock(c, cfg.branches, cfg.deploy) for _ in range(cfg.blocks)])
+        self.merge = conv1x1(2 * c, c) if cfg.skip == "concat" else None
+        self.out = conv3x3(c, 3 * s * s)
+        self.clamp_output = True
+
+    def forward(self, x):
+        f0 = self.stem_act(self.stem(x))
+        f = self.body(f0)
+        if self.cfg.skip == "add":
+            f = f + f0
+        elif self.cfg.skip == "concat":
+            f = self.merge(torch.cat([f, f0], dim=1))
+        y = self.out(f)
+        if self.cfg.anchor:
+            y = y + anchor(x, self.cfg.scale)
+        if self.clamp_output:
+            y = torch.clamp(y, 0.0, 255.0)
+        return depth_to_space(y, self.cfg.scale)
+
+
+@register_model("mobileone_sr", MobileOneSRConfig(), "AIO_MAI x3 SR: C=32, 8 MobileOne blocks (k=5), 82,683 deploy params")
+def mobileone_sr(cfg: MobileOneSRConfig) -> MobileOneSR:
+    return MobileOneSR(cfg)
+
+
+@register_model("mobileone_sr_anchor", MobileOneSRConfig(anchor=True, stem_act=True),
+                "mobileone_sr with ABPN's image-space anchor and a ReLU stem (INT8-friendlier)")
+def mobileone_sr_anchor(cfg: MobileOneSRConfig) -> MobileOneSR:
+    return MobileOneSR(cfg)
+
+
+@register_model("mobileone_sr_fast", MobileOneSRConfig(channels=24, blocks=5, branches=4, anchor=True, stem_act=True),
+                "speed preset: C=24, 5 blocks, anchor residual (~4x fewer MACs than the paper net)")
+def mobileone_sr_fast(cfg: MobileOneSRConfig) -> MobileOneSR:
+    return MobileOneSR(cfg)
+
+
+@register_model("mobileone_sr_tiny", MobileOneSRConfig(channels=8, blocks=2, branches=2, anchor=True),
+                "test-size model for unit tests and smoke runs")
+def mobileone_sr_tiny(cfg: MobileOneSRConfig) -> MobileOneSR:
+    return MobileOneSR(cfg)

@@ -1,0 +1,239 @@
+"""torchao-style API: ``prepare_qat`` / ``prepare_ptq`` -> train or ``calibrate`` -> ``convert``.
+
+The prepared model is a ``QuantizedModel``: an NCHW-in/NCHW-out module around a PT2E graph with
+NHWC I/O, so the permutes at the edges are inside the quantized graph and the converted
+artifact has int8 input and output. Its forward is the fake-quant model; ``convert`` turns it
+into the integer graph, which computes bit-for-bit the same outputs (tested).
+
+Phases (``set_phase``) make the freeze schedule explicit and checkable:
+``observe`` (ranges from statistics) -> ``learn`` (LSQ+ ranges trainable) -> ``freeze_ranges``
+(activation ranges fixed, weight scales still follow the weights) -> ``freeze`` (every qparam
+fixed: what convert exports).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from quantir.utils import import_torchao
+
+import_torchao()
+
+from torch.export import Dim  # noqa: E402
+from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e  # noqa: E402
+from torchao.quantization.pt2e.quantizer import QuantizationSpec  # noqa: E402
+
+from quantir.errors import ConfigError  # noqa: E402
+from quantir.models.registry import ModelInfo  # noqa: E402
+from quantir.models.reparam import has_batchnorm, reparameterize_model  # noqa: E402
+from quantir.quant.config import QuantConfig  # noqa: E402
+from quantir.quant.exact import emulate_integer_convs, emulate_integer_convs_converted, restore_convs  # noqa: E402
+from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize  # noqa: E402
+from quantir.quant.observers import RangeObserver  # noqa: E402
+from quantir.quant.quantizer import FullIntQuantizer, IOQuant  # noqa: E402
+
+PHASES = ("observe", "learn", "freeze_ranges", "freeze")
+
+
+class _NHWC(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class QuantizedModel(nn.Module):
+    """Fake-quant (prepared) or integer (converted) graph behind an NCHW interface."""
+
+    def __init__(self, graph: torch.fx.GraphModule, info: ModelInfo, config: QuantConfig, quantizer,
+                 converted: bool = False, export_graph: torch.fx.GraphModule | None = None):
+        super().__init__()
+        self.graph_module = graph
+        self.info, self.config, self.quantizer, self.converted = info, config, quantizer, converted
+        # Converted models: ``graph_module`` runs (integer-exact convs), ``export_graph`` is lowered
+        # to TFLite (plain Q/DQ patterns the converter recognises). Kept out of the module tree.
+        self.__dict__["export_graph"] = export_graph if export_graph is not None else graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.info.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        y = self.graph_module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if ph or pw:
+            s = self.info.scale
+            y = y[..., : h * s, : w * s]
+        return y
+
+    def train(self, mode: bool = True):
+        # Exported graphs refuse .train()/.eval(); torchao swaps the mode-dependent ops instead.
+        self.training = mode
+        if not self.converted:
+            (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph_module)
+        return self
+
+    def fake_quantizers(self) -> list[nn.Module]:
+        return [m for m in self.graph_module.modules() if hasattr(m, "calculate_qparams")]
+
+
+def _specs(config: QuantConfig, learnable: bool) -> tuple[QuantizationSpec, QuantizationSpec]:
+    amin, amax = config.act_qrange
+    wmin, wmax = config.weight_qrange
+    observer = RangeObserver.with_args(method=config.act_range, percentile=config.act_percentile)
+    act = QuantizationSpec(
+        dtype=torch.int8, quant_min=amin, quant_max=amax, qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=ActFakeQuantize.with_args(observer=observer, learnable=learnable,
+                                                             grad_scaling=config.lsq_grad_scaling))
+    weight = QuantizationSpec(
+        dtype=torch.int8, quant_min=wmin, quant_max=wmax, ch_axis=0,
+        qscheme=torch.per_channel_symmetric if config.weight_per_channel else torch.per_tensor_symmetric,
+        observer_or_fake_quant_ctr=WeightFakeQuantize.with_args(clip_percentile=config.weight_clip_percentile))
+    return act, weight
+
+
+def _export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    info: ModelInfo = model.info
+    if example.dim() != 4 or example.shape[1] != 3:
+        raise ConfigError(f"example input must be Bx3xHxW, got {tuple(example.shape)}")
+    m = info.size_multiple
+    if example.shape[-2] % m or example.shape[-1] % m:
+        raise ConfigError(f"example input H and W must be multiples of {m} for this model")
+    if example.shape[0] < 2:
+        example = example.repeat(2, 1, 1, 1)  # torch.export specialises a batch of 1
+    core = model.export_module() if hasattr(model, "export_module") else model
+    batch = Dim("batch", min=1, max=4096)
+    if m == 1:
+        lo = 4 if info.task == "sr" else 16  # encoder-decoders need a few pixels left at the bottleneck
+        h, w = Dim("height", min=lo, max=16384), Dim("width", min=lo, max=16384)
+    else:
+        h, w = m * Dim("h", min=1, max=16384 // m), m * Dim("w", min=1, max=16384 // m)
+    nhwc = example.permute(0, 2, 3, 1).contiguous()
+    ep = torch.export.export(_NHWC(core).eval(), (nhwc,), dynamic_shapes=({0: batch, 1: h, 2: w},))
+    return ep.module()
+
+
+def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learnable: bool) -> QuantizedModel:
+    if not hasattr(model, "info"):
+        raise ConfigError("model has no .info (create it with quantir.models.create_model)")
+    if has_batchnorm(model):
+        model = reparameterize_model(model)  # QAT runs on the fused deploy graph (AIO_MAI recipe)
+    if has_batchnorm(model):
+        raise ConfigError("model still has BatchNorm after reparameterize(); fold it before quantization")
+    model = copy.deepcopy(model).eval()
+    if hasattr(model, "clamp_output"):
+        model.clamp_output = True
+    info = model.info
+    act, weight = _specs(config, learnable and config.learn_act_ranges)
+    quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=-128))
+    graph = prepare_qat_pt2e(_export(model, example), quantizer)
+    if config.exact_conv:
+        emulate_integer_convs(graph)
+    qmodel = QuantizedModel(graph, info, config, quantizer)
+    qmodel.source_model_name = getattr(model, "model_name", None)
+    qmodel.source_model_cfg = getattr(model, "model_cfg", None)
+    if config.odm.enabled:
+        from quantir.quant.odm import enable_mismatch
+
+        enable_mismatch(qmodel, config.odm.detach_q)
+    set_phase(qmodel, "observe")
+    return qmodel.train()
+
+
+def prepare_qat(model: nn.Module, example_input: torch.Tensor, config: QuantConfig = QuantConfig()) -> QuantizedModel:
+    """Export ``model`` (fusing re-parameterizable blocks first) and insert trainable fake quantizers."""
+    return _prepare(model, example_input, config, learnable=True)
+
+
+def prepare_ptq(model: nn.Module, example_input: torch.Tensor, config: QuantConfig = QuantConfig()) -> QuantizedModel:
+    """Like ``prepare_qat`` but for post-training quantization: ranges come only from ``calibrate``."""
+    return _prepare(model, example_input, config, learnable=False)
+
+
+def set_phase(qmodel: QuantizedModel, phase: str) -> None:
+    """Switch every fake quantizer to a phase of the schedule (see module docstring)."""
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase {phase!r}; choose from {', '.join(PHASES)}")
+    for fq in qmodel.fake_quantizers():
+        if isinstance(fq, ActFakeQuantize):
+            fq.enable_observer(phase == "observe")
+            fq.set_learning(phase == "learn" and qmodel.config.learn_act_ranges)
+        elif isinstance(fq, WeightFakeQuantize):
+            fq.enable_observer(phase != "freeze")
+            fq.gamma.requires_grad_(fq.clip_percentile is not None and phase != "freeze")
+    qmodel.phase = phase
+
+
+@torch.no_grad()
+def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor], n_batches: int | None = None) -> int:
+    """Observe activation ranges on ``batches`` (calibration data, never evaluation data), then freeze."""
+    set_phase(qmodel, "observe")
+    was_training = qmodel.training
+    qmodel.eval()
+    used = 0
+    for x in batches:
+        if n_batches is not None and used >= n_batches:
+            break
+        qmodel(x)
+        used += 1
+    set_phase(qmodel, "freeze")
+    qmodel.train(was_training)
+    return used
+
+
+@torch.no_grad()
+def refresh_weight_qparams(qmodel: QuantizedModel, example: torch.Tensor) -> None:
+    """Recompute weight scales from the current weights (after the last optimiser step), then fix all."""
+    saved = qmodel.phase if hasattr(qmodel, "phase") else "freeze"
+    for fq in qmodel.fake_quantizers():
+        if isinstance(fq, WeightFakeQuantize):
+            fq.enable_observer(True)
+        elif isinstance(fq, ActFakeQuantize):
+            fq.enable_observer(False)
+    was_training = qmodel.training
+    qmodel.eval()
+    qmodel(example[:1])
+    qmodel.train(was_training)
+    set_phase(qmodel, "freeze" if saved == "freeze" else saved)
+
+
+def plain_graph(qmodel: QuantizedModel) -> torch.fx.GraphModule:
+    """A copy of the prepared graph with plain aten convs (what convert_pt2e and exporters expect)."""
+    graph = copy.deepcopy(qmodel.graph_module)
+    restore_convs(graph)
+    return graph
+
+
+def convert(qmodel: QuantizedModel, example: torch.Tensor | None = None) -> QuantizedModel:
+    """Integer graph of a frozen QAT/PTQ model (weights int8 per channel, activations int8).
+
+    With ``example`` given, weight scales are first refreshed from the current weights; without,
+    the model must already be in the ``freeze`` phase.
+    """
+    if not qmodel.config.exportable:
+        raise ConfigError(f"only 8-bit models convert (this one is W{qmodel.config.weight_bits}A{qmodel.config.act_bits})")
+    if example is not None:
+        refresh_weight_qparams(qmodel, example)
+    set_phase(qmodel, "freeze")
+    qmodel.eval()
+    export_graph = convert_pt2e(plain_graph(qmodel), fold_quantize=False)
+    for m in export_graph.modules():
+        m.training = False
+    graph = export_graph
+    if qmodel.config.exact_conv:
+        graph = copy.deepcopy(export_graph)
+        emulate_integer_convs_converted(graph)
+    out = QuantizedModel(graph, qmodel.info, qmodel.config, qmodel.quantizer, converted=True,
+                         export_graph=export_graph)
+    out.source_model_name = getattr(qmodel, "source_model_name", None)
+    out.source_model_cfg = getattr(qmodel, "source_model_cfg", None)
+    out.training = False
+    return out

@@ -1,0 +1,77 @@
+"""``QuantConfig``: every quantization choice in one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from quantir.config import require
+from quantir.quant.observers import RangeMethod
+
+
+@dataclasses.dataclass(frozen=True)
+class ODMConfig:
+    """Hong & Lee, ECCV 2024 (docs/papers.md 2.3). Each piece switches on and off for ablations.
+
+    ``mismatch_weight`` is lambda_M (0 disables the regulariser). ``cooperative`` scales the
+    mismatch gradient by sim = (cos(g_R, g_M) + 1) / 2 so it only acts where it agrees with the
+    reconstruction gradient; off, the two losses are simply summed ("naive MR").
+    ``granularity``: one similarity over all parameters ("model") or one per layer ("layer").
+    ``detach_q``: treat q(X) as a constant target, so the regulariser pulls X towards its grid
+    point (rounding and clipping error); with the STE through q only clipping error remains.
+    """
+
+    mismatch_weight: float = 0.0
+    cooperative: bool = True
+    granularity: str = "layer"
+    detach_q: bool = True
+
+    def __post_init__(self):
+        require(self.mismatch_weight >= 0, "odm.mismatch_weight must be >= 0")
+        require(self.granularity in ("model", "layer"), "odm.granularity must be 'model' or 'layer'")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mismatch_weight > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Full-integer quantization: int8 per-channel symmetric weights, int8 per-tensor affine activations.
+
+    ``act_bits``/``weight_bits`` below 8 simulate low-bit grids (ODM's 2-4 bit tables); export
+    needs 8. ``act_range`` initialises activation ranges (and is the PTQ calibrator);
+    ``learn_act_ranges`` then trains them with LSQ+ gradients. ``weight_clip_percentile`` turns on
+    ODM's weight clipping correction (range = percentile of |W| times a learnable gamma).
+    ``exact_conv`` makes fake-quant convolutions accumulate like int8 kernels (exact int32 sums,
+    int32 bias), so deep nets stay within 1 LSB of the deployed artifact.
+    """
+
+    act_bits: int = 8
+    weight_bits: int = 8
+    weight_per_channel: bool = True
+    act_range: RangeMethod = RangeMethod.PERCENTILE
+    act_percentile: float = 99.99
+    learn_act_ranges: bool = True
+    lsq_grad_scaling: bool = True
+    weight_clip_percentile: float | None = None
+    exact_conv: bool = True  # integer-exact convolutions in fake-quant (see quant/exact.py)
+    odm: ODMConfig = ODMConfig()
+
+    def __post_init__(self):
+        require(2 <= self.act_bits <= 8 and 2 <= self.weight_bits <= 8, "bit widths must be in 2..8")
+        require(50.0 < self.act_percentile <= 100.0, "act_percentile must be in (50, 100]")
+        if self.weight_clip_percentile is not None:
+            require(50.0 < self.weight_clip_percentile <= 100.0, "weight_clip_percentile must be in (50, 100]")
+
+    @property
+    def act_qrange(self) -> tuple[int, int]:
+        return -(2 ** (self.act_bits - 1)), 2 ** (self.act_bits - 1) - 1
+
+    @property
+    def weight_qrange(self) -> tuple[int, int]:
+        q = 2 ** (self.weight_bits - 1) - 1
+        return -q, q
+
+    @property
+    def exportable(self) -> bool:
+        return self.act_bits == 8 and self.weight_bits == 8

@@ -1,0 +1,151 @@
+"""Training configuration: frozen dataclasses; YAML presets in ``configs/`` only override defaults.
+
+Stages (docs/papers.md 3.3): ``teacher`` (optional FP32 teacher, outputs cached), ``stage1``
+(FP32 reconstruction on the multi-branch model), ``stage2`` (fidelity refinement: Charbonnier +
+DCT + confidence-weighted distillation), BN recalibration + fusion, ``qat`` (stage 3 on the
+fused graph, distilled from the fused FP32 model), then export and evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from quantir.config import require
+from quantir.data.degrade import DegradationConfig
+from quantir.quant.config import QuantConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms (0 = off). Images are compared on a [0, 1] scale.
+
+    SR defaults follow AIO_MAI; the enhancement terms are QATIE's (PSNR on Y, cosine,
+    outlier-aware). ``kd`` is output distillation; in stage 2 it is confidence-weighted by the
+    teacher's own error w = clip(exp(-kd_gamma * e), kd_w_min, kd_w_max).
+    """
+
+    l1: float = 0.0
+    charbonnier: float = 0.0
+    dct: float = 0.0
+    psnr_y: float = 0.0
+    cosine: float = 0.0
+    outlier: float = 0.0
+    kd: float = 0.0
+    kd_confidence: bool = True
+    kd_gamma: float = 10.0
+    kd_w_min: float = 0.10
+    kd_w_max: float = 0.75
+
+    def __post_init__(self):
+        require(all(getattr(self, f.name) >= 0 for f in dataclasses.fields(self)
+                    if f.type in ("float", float)), "loss weights must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    enabled: bool = True
+    steps: int = 1000
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup: int = 0  # linear warm-up steps (from lr/10)
+    step_size: int = 1000  # step schedule: halve every step_size steps
+    batch: int | None = None  # None: data.batch
+    patch: int | None = None  # None: data.patch
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    ema: float = 0.999  # EMA decay of weights and buffers (0 = off)
+    weight_clip: float = 0.0  # clamp conv weights to +-weight_clip after each step (0 = off)
+    val_every: int = 250
+    ckpt_every: int = 250
+    loss: LossConfig = LossConfig(l1=1.0)
+
+    def __post_init__(self):
+        require(self.steps >= 0, "steps must be >= 0")
+        require(self.lr > 0, "lr must be positive")
+        require(self.schedule in ("cosine", "step", "constant"), "schedule must be cosine, step or constant")
+        require(self.val_every > 0 and self.ckpt_every > 0, "val_every and ckpt_every must be positive")
+        require(0 <= self.ema < 1, "ema must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherStageConfig:
+    enabled: bool = False
+    model: str = "sr_teacher"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    train: StageConfig = StageConfig(steps=2000, lr=5e-4, loss=LossConfig(l1=1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class QATConfig:
+    enabled: bool = True
+    quant: QuantConfig = QuantConfig()
+    calib_batches: int = 16  # forward-only range initialisation before training
+    freeze_ranges_at: float = 0.8  # fraction of steps after which activation ranges stop learning
+    quant_lr_mult: float = 10.0  # learning-rate multiplier for ranges and clipping gammas (ODM: 10x)
+    train: StageConfig = StageConfig(steps=500, lr=2e-5, lr_min=1e-7, ema=0.0,
+                                     loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
+
+    def __post_init__(self):
+        require(0.0 <= self.freeze_ranges_at <= 1.0, "qat.freeze_ranges_at must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train_dir: str = "data/samples/train"
+    extra_train_dirs: tuple[str, ...] = ()
+    val_holdout: int = 4  # photos of train_dir kept out of training for validation / model selection
+    eval_dir: str | None = "data/samples/eval"  # evaluation photos for the report (never trained on)
+    eval_inputs_dir: str | None = None  # real inputs matched to eval_dir by name (e.g. DPED phone photos)
+    layout: str = "folder"  # folder | div2k | dped
+    root: str | None = None  # DIV2K or DPED root for those layouts
+    phone: str = "iphone"
+    hr_downscale: int | None = None  # clean-HR downscale of training photos (None: /2, or /4 for 4K+)
+    patch: int = 48  # input patch (LR side for SR)
+    batch: int = 16
+    workers: int = 0
+    flat_threshold: float = 2.0
+    val_size: int = 384  # validation crops (target side) keep validation fast on CPU
+    eval_limit: int | None = None
+    degradation: DegradationConfig = DegradationConfig()
+
+    def __post_init__(self):
+        require(self.layout in ("folder", "div2k", "dped"), "data.layout must be folder, div2k or dped")
+        require(self.patch >= 8 and self.batch >= 1, "data.patch >= 8 and data.batch >= 1")
+        require(self.layout == "folder" or self.root, f"data.root is required for layout {self.layout!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    enabled: bool = True
+    formats: tuple[str, ...] = ("tflite", "onnx")
+    shape: tuple[int, int] | None = None  # extra fixed-shape int8 TFLite (e.g. [720, 1280] for MAI 2026)
+    parity_limit: int | None = None  # evaluation photos used for the parity report (None: all)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    task: str = "sr"
+    scale: int = 3
+    model: str = "mobileone_sr"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    deterministic: bool = True
+    threads: int | None = None
+    bn_recal_batches: int = 64
+    data: DataConfig = DataConfig()
+    teacher: TeacherStageConfig = TeacherStageConfig()
+    stage1: StageConfig = StageConfig(steps=2000, lr=1e-3, warmup=100, loss=LossConfig(l1=1.0))
+    stage2: StageConfig = StageConfig(steps=500, lr=5e-5, schedule="step", step_size=250,
+                                      loss=LossConfig(charbonnier=1.0, dct=0.02, kd=0.03))
+    qat: QATConfig = QATConfig()
+    export: ExportSettings = ExportSettings()
+
+    def __post_init__(self):
+        require(self.task in ("sr", "enhance"), "task must be sr or enhance")
+        require(self.task != "sr" or self.scale in (2, 3, 4), "scale must be 2, 3 or 4")
+        require(self.task != "enhance" or self.data.layout != "div2k", "DIV2K is an SR layout")
+        require(self.qat.enabled or not self.export.enabled, "export needs the QAT stage (qat.enabled)")
+
+    @property
+    def sr_scale(self) -> int:
+        return self.scale if self.task == "sr" else 1

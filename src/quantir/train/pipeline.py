@@ -1,0 +1,193 @@
+"""``train(config, run_dir)``: photos in, verified INT8 artifacts and a report out.
+
+Stages run in order and each records its output checkpoint in ``state.json``; ``resume=True``
+skips finished stages and continues the interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantir import config as config_io
+from quantir.errors import ConfigError
+from quantir.models import create_model, recalibrate_bn, reparameterize_model
+from quantir.models.reparam import has_batchnorm
+from quantir.train import checkpoint
+from quantir.train.config import TrainConfig
+from quantir.train.data import build_splits, calibration_batches
+from quantir.train.distributed import DistContext, init_distributed
+from quantir.train.loop import MetricsLog, run_stage
+from quantir.train.stages import Context, cache_teacher, float_stage, qat_stage
+from quantir.utils import atomic_write_text
+
+STAGE_SALTS = {"teacher": 11, "stage1": 23, "stage2": 37, "qat": 53}
+
+
+class RunState:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {"completed": {}}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["completed"]
+
+    def mark(self, stage: str, info: dict, ctx: DistContext) -> None:
+        self.data["completed"][stage] = info
+        if ctx.is_main:
+            atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+
+def _setup(cfg: TrainConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _check_resume_config(cfg: TrainConfig, run_dir: Path) -> None:
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        old = yaml.safe_load(saved.read_text())
+        new = config_io.to_dict(cfg)
+        if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
+            raise ConfigError(f"{saved} differs from the given config; resume with the same config "
+                              "(or start a new run directory)")
+
+
+def _init_model(cfg: TrainConfig, init: str | None):
+    model = create_model(cfg.model, **cfg.model_options)
+    if model.info.task != cfg.task or (cfg.task == "sr" and model.info.scale != cfg.scale):
+        raise ConfigError(f"model {cfg.model!r} is a {model.info.task} x{model.info.scale} model, "
+                          f"but the config asks for {cfg.task} x{cfg.sr_scale}")
+    if init is None:
+        return model, False
+    record = checkpoint.load(checkpoint.resolve(init))
+    if record.get("kind") != "float":
+        raise ConfigError(f"--init needs a float checkpoint (stage1/stage2/deploy), got {record.get('kind')!r}")
+    loaded = checkpoint.build_float(record)
+    if record["model_name"] != cfg.model:
+        raise ConfigError(f"--init checkpoint holds {record['model_name']!r}, the config trains {cfg.model!r}")
+    deploy = not has_batchnorm(loaded) and has_batchnorm(model)
+    if deploy and (cfg.stage1.enabled or cfg.stage2.enabled):
+        raise ConfigError("--init points to a fused (deploy) model: disable stage1 and stage2 to start from QAT")
+    return loaded.train(), deploy
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str | None = None,
+          progress: bool = True, command: str | None = None) -> dict:
+    ctx_dist = init_distributed()
+    _setup(cfg)
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if ctx_dist.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _check_resume_config(cfg, run_dir)
+        config_io.dump(cfg, run_dir / "config.yaml")
+    ctx_dist.barrier()
+    state = RunState(run_dir / "state.json")
+    metrics = MetricsLog(run_dir / "metrics.csv")
+    if not resume:  # a fresh run in an old directory starts over
+        state.data, metrics.rows = {"completed": {}}, []
+        if ctx_dist.is_main:
+            import shutil
+
+            shutil.rmtree(run_dir / "teacher_cache", ignore_errors=True)
+    timings = state.data.setdefault("timings", {})
+    model, init_is_deploy = _init_model(cfg, init)
+    splits = build_splits(cfg, model.info.size_multiple)
+    ctx = Context(cfg, run_dir, ctx_dist, splits.sources, splits.val, model.info.pixel_max)
+    log = (lambda msg: print(msg, flush=True)) if (progress and ctx_dist.is_main) else (lambda msg: None)
+    log(f"data: {len(splits.sources)} training photos, {len(splits.val)} validation crops, "
+        f"{len(splits.eval) if splits.eval is not None else 0} evaluation photos")
+
+    def timed(stage, fn):
+        t0 = time.time()
+        out = fn()
+        timings[stage] = timings.get(stage, 0.0) + time.time() - t0
+        return out
+
+    # Teacher: train (or reuse) and cache its outputs on the training images.
+    if cfg.teacher.enabled and cfg.task == "sr":
+        teacher = create_model(cfg.teacher.model, scale=cfg.scale, **cfg.teacher.model_options)
+        if state.done("teacher"):
+            teacher.load_state_dict(checkpoint.load(ckpt_dir / "teacher_final.pt")["state_dict"])
+        else:
+            spec = float_stage(ctx, "teacher", teacher, cfg.teacher.train, STAGE_SALTS["teacher"])
+            teacher = timed("teacher", lambda: run_stage(spec, ckpt_dir, metrics, ctx_dist, resume, progress))
+            if ctx_dist.is_main:
+                checkpoint.save(checkpoint.float_record(teacher), ckpt_dir / "teacher_final.pt")
+            state.mark("teacher", {"checkpoint": "checkpoints/teacher_final.pt"}, ctx_dist)
+        ctx.sources = timed("teacher_cache", lambda: cache_teacher(ctx, teacher))
+
+    for name in ("stage1", "stage2"):
+        stage = getattr(cfg, name)
+        if not stage.enabled or init_is_deploy:
+            continue
+        final = ckpt_dir / f"{name}_final.pt"
+        if state.done(name):
+            model.load_state_dict(checkpoint.load(final)["state_dict"])
+            continue
+        spec = float_stage(ctx, name, model, stage, STAGE_SALTS[name])
+        model = timed(name, lambda spec=spec: run_stage(spec, ckpt_dir, metrics, ctx_dist, resume, progress))
+        if ctx_dist.is_main:
+            checkpoint.save(checkpoint.float_record(model), final)
+        state.mark(name, {"checkpoint": f"checkpoints/{name}_final.pt"}, ctx_dist)
+        ctx_dist.barrier()
+
+    # BN recalibration on training patches, then exact fusion to the deploy graph.
+    deploy_path = ckpt_dir / "deploy_fp32.pt"
+    if state.done("fuse"):
+        deploy = checkpoint.build_float(checkpoint.load(deploy_path))
+    else:
+        if hasattr(model, "clamp_output"):
+            model.clamp_output = True
+        used = 0
+        if has_batchnorm(model) and not init_is_deploy:
+            used = recalibrate_bn(model, calibration_batches(cfg, ctx.sources, cfg.bn_recal_batches, ctx.pixel_max),
+                                  cfg.bn_recal_batches)
+        deploy = reparameterize_model(model)
+        if ctx_dist.is_main:
+            checkpoint.save(checkpoint.float_record(deploy), deploy_path)
+        state.mark("fuse", {"checkpoint": "checkpoints/deploy_fp32.pt", "bn_recal_batches": used}, ctx_dist)
+    deploy.eval()
+
+    qmodel = None
+    if cfg.qat.enabled:
+        qat_path = ckpt_dir / "qat_final.pt"
+        if state.done("qat"):
+            qmodel = checkpoint.build_qat(checkpoint.load(qat_path))
+        else:
+            spec, qmodel, example_hw = qat_stage(ctx, deploy, STAGE_SALTS["qat"])
+            qmodel = timed("qat", lambda: run_stage(spec, ckpt_dir, metrics, ctx_dist, resume, progress))
+            from quantir.quant.api import refresh_weight_qparams, set_phase
+
+            set_phase(qmodel, "freeze")
+            refresh_weight_qparams(qmodel, torch.rand(1, 3, *example_hw) * ctx.pixel_max)
+            if ctx_dist.is_main:
+                checkpoint.save(checkpoint.qat_record(qmodel, example_hw, deploy), qat_path)
+            state.mark("qat", {"checkpoint": "checkpoints/qat_final.pt"}, ctx_dist)
+        qmodel.eval()
+
+    result = {"run_dir": str(run_dir)}
+    if ctx_dist.is_main:
+        from quantir.train.report import finish_run
+
+        result.update(timed("export_eval", lambda: finish_run(cfg, run_dir, deploy, qmodel, splits, metrics,
+                                                              state.data, command, progress)))
+        state.data["timings"] = timings
+        atomic_write_text(run_dir / "state.json", json.dumps(state.data, indent=2))
+    ctx_dist.barrier()
+    return result
+

@@ -1,0 +1,125 @@
+"""End of a run: export, evaluate every form of the model on the evaluation photos, write the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from quantir.evaluate.evaluate import bicubic_predictor, evaluate, format_table, identity_predictor
+from quantir.export.parity import format_parity, torch_uint8
+from quantir.train.config import TrainConfig
+from quantir.utils import atomic_write_text
+
+
+def _torch_predictor(model):
+    return lambda img: np.clip(np.round(torch_uint8(model, img)), 0, 255).astype(np.uint8)
+
+
+def finish_run(cfg: TrainConfig, run_dir: Path, deploy, qmodel, splits, metrics, state: dict,
+               command: str | None, progress: bool) -> dict:
+    log = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+    export_info = {}
+    if cfg.export.enabled and qmodel is not None:
+        from quantir.export.api import ExportOptions, export_artifacts
+
+        log("exporting INT8 TFLite / ONNX artifacts and checking parity ...")
+        images = []
+        if splits.eval is not None:
+            n = len(splits.eval) if cfg.export.parity_limit is None else min(cfg.export.parity_limit, len(splits.eval))
+            images = [splits.eval[i].input for i in range(n)]
+        export_info = export_artifacts(qmodel, deploy, run_dir / "export",
+                                       ExportOptions(formats=cfg.export.formats, shape=cfg.export.shape),
+                                       parity_images=images, config=cfg, command=command)
+    rows = {}
+    if splits.eval is not None and len(splits.eval):
+        border = cfg.sr_scale if cfg.task == "sr" else 0
+        baseline = ("bicubic", bicubic_predictor(cfg.scale)) if cfg.task == "sr" else ("input", identity_predictor())
+        candidates = [baseline, ("FP32 (fused)", _torch_predictor(deploy))]
+        if qmodel is not None:
+            candidates.append(("INT8 fake-quant", _torch_predictor(qmodel)))
+        from quantir.export.runtime import load_runtime
+
+        for fmt, name in (("tflite", "model_int8.tflite"), ("onnx", "model_int8.onnx")):
+            path = run_dir / "export" / name
+            if path.is_file():
+                candidates.append((f"INT8 {'TFLite' if fmt == 'tflite' else 'ONNX'}", load_runtime(path).run))
+        for label, fn in candidates:
+            rows[label] = {k: v for k, v in evaluate(fn, splits.eval, border, progress=progress, desc=label).items()
+                           if k != "per_image"}
+    results = {"eval": rows, "parity": export_info.get("parity", {}), "timings_s": state.get("timings", {})}
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    write_report(cfg, run_dir, results, command)
+    if rows:
+        log("\n" + format_table(rows, baseline=next(iter(rows))))
+    if results["parity"]:
+        log("\n" + format_parity(results["parity"]))
+    log(f"\nreport: {run_dir / 'report.md'}")
+    return results
+
+
+def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | None) -> None:
+    task = f"x{cfg.scale} super-resolution" if cfg.task == "sr" else "photo enhancement (synthetic degradation proxy)" \
+        if cfg.data.layout != "dped" else "photo enhancement (DPED)"
+    lines = [f"# quantir run: {cfg.model}, {task}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    rows = results["eval"]
+    if rows:
+        first = next(iter(rows))
+        n = next(iter(rows.values()))["n_images"]
+        where = cfg.data.eval_dir if cfg.data.layout == "folder" else f"{cfg.data.layout} test split"
+        lines += [f"## Evaluation photos ({n} images from {where}; never used for training, validation or calibration)",
+                  "", "PSNR-RGB: all channels, no border shave (MAI style). PSNR-Y / SSIM-Y: BT.601 luma"
+                  + (f", {cfg.sr_scale}-pixel border shaved." if cfg.task == "sr" else "."), "",
+                  format_table(rows, baseline=first), ""]
+        if "INT8 TFLite" in rows and "INT8 fake-quant" in rows:
+            gap = rows["INT8 TFLite"]["psnr_rgb"] - rows["INT8 fake-quant"]["psnr_rgb"]
+            lines += [f"INT8 TFLite vs fake-quant: {gap:+.4f} dB.", ""]
+    if results["parity"]:
+        lines += ["## Parity of the artifacts with the fake-quant model", "", format_parity(results["parity"]), ""]
+    if (run_dir / "curves.png").is_file():
+        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
+    t = results.get("timings_s", {})
+    if t:
+        lines += ["## Wall-clock time", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in t.items()] + [""]
+    lines += ["Artifacts: `export/` (model_int8.tflite, model_int8.onnx, model_float.tflite, parity.json, "
+              "model_card.md). Resolved config: `config.yaml`. Per-step metrics: `metrics.csv`.", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def plot_curves(metrics_csv: Path, out_png: Path) -> None:
+    if not metrics_csv.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with metrics_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    offset = 0
+    for stage in stages:
+        rs = [r for r in rows if r["stage"] == stage]
+        steps = [offset + int(r["step"]) for r in rs]
+        axes[0].plot(steps, [float(r["loss"]) for r in rs], label=stage)
+        vals = [(offset + int(r["step"]), float(r["val_psnr"])) for r in rs if r["val_psnr"]]
+        if vals:
+            axes[1].plot(*zip(*vals), marker="o", ms=3, label=stage)
+        offset = max(steps) if steps else offset
+    axes[0].set(xlabel="step (stages back to back)", ylabel="training loss", yscale="log", title="loss")
+    axes[1].set(xlabel="step (stages back to back)", ylabel="validation PSNR-RGB (dB)", title="validation")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)

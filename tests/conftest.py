@@ -1,0 +1,59 @@
+"""Shared fixtures: small synthetic photos (no network), seeded RNGs, two CPU threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("QUANTIR_CACHE", str(Path(__file__).resolve().parent.parent / ".venv" / "quantir-cache"))
+
+
+def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth, textured RGB image (gradients, blobs, edges, a little noise), like a photo crop."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        img[..., c] = 90 + 60 * np.sin(x / rng.uniform(6, 20) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(6, 20))
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, max(4, min(h, w) / 3))
+            img[..., c] += rng.uniform(-60, 60) * (((y - cy) ** 2 + (x - cx) ** 2) < r * r)
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    try:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("QUANTIR_TEST_THREADS", "2")))
+        torch.manual_seed(0)
+    except ImportError:
+        pass
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    """Six small PNG/JPEG photos with distinct content."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for k in range(6):
+        img = natural_image(96 + 8 * k, 120 - 4 * k, seed=k)
+        fmt = "PNG" if k % 2 == 0 else "JPEG"
+        Image.fromarray(img).save(d / f"img{k}.{'png' if fmt == 'PNG' else 'jpg'}", format=fmt, quality=95)
+    return d
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """The real sample photos (network on first use, then the cache)."""
+    from quantir.data.samples import fetch_samples
+
+    out = tmp_path_factory.mktemp("samples")
+    fetch_samples(out)
+    return out
