@@ -206,9 +206,23 @@ def refresh_weight_qparams(qmodel: QuantizedModel, example: torch.Tensor) -> Non
 
 
 def plain_graph(qmodel: QuantizedModel) -> torch.fx.GraphModule:
-    """A copy of the prepared graph with plain aten convs (what convert_pt2e and exporters expect)."""
+    """A copy of the prepared graph ready for convert_pt2e and the exporters.
+
+    Convs are plain aten convs again, and every weight is snapped onto its int8 grid (q * s):
+    re-quantizing an on-grid weight gives q under any rounding rule, whereas a converter that
+    rounds ties differently from PyTorch would flip the rare weight sitting on a .5 boundary.
+    """
     graph = copy.deepcopy(qmodel.graph_module)
     restore_convs(graph)
+    with torch.no_grad():
+        for node in graph.graph.nodes:
+            fq = graph.get_submodule(node.target) if node.op == "call_module" else None
+            if isinstance(fq, WeightFakeQuantize) and node.args[0].op == "get_attr":
+                weight = graph.get_parameter(node.args[0].target)
+                weight.copy_(torch.fake_quantize_per_channel_affine(
+                    weight, fq.scale.expand(weight.shape[0]).contiguous(), torch.zeros(weight.shape[0], dtype=torch.int32),
+                    0, fq.quant_min, fq.quant_max) if fq.per_channel else
+                    torch.fake_quantize_per_tensor_affine(weight, fq.scale, fq.zero_point, fq.quant_min, fq.quant_max))
     return graph
 
 

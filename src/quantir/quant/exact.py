@@ -37,7 +37,7 @@ def _conv_args(node: Node):
 
 class _ExactConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, w, b, s_in, s_w, stride, padding, dilation, groups):
+    def forward(ctx, a, w, b, s_in, s_w, s_out, stride, padding, dilation, groups):
         ctx.save_for_backward(a, w)
         ctx.conf = (stride, padding, dilation, groups, b is not None)
         s_in = torch.clamp(torch.as_tensor(s_in, dtype=torch.float32).reshape(()), min=2**-12)
@@ -48,7 +48,13 @@ class _ExactConv(torch.autograd.Function):
         scale = (s_in * s_w).view(1, -1, 1, 1)
         if b is not None:
             acc = acc + torch.round(b.view(1, -1, 1, 1) / scale)
-        return acc * scale
+        if s_out is None:
+            return acc * scale
+        # Requantize as XNNPACK and onnxruntime do: one float32 multiplier (s_in * s_w) / s_out
+        # applied to the int32 accumulator, rounded half to even; the output fake-quant then
+        # finds the value exactly on its grid.
+        s_out = torch.clamp(torch.as_tensor(s_out, dtype=torch.float32).reshape(()), min=2**-12)
+        return torch.round(acc * (scale / s_out)) * s_out
 
     @staticmethod
     def backward(ctx, grad):
@@ -61,12 +67,25 @@ class _ExactConv(torch.autograd.Function):
             gw = torch.nn.grad.conv2d_weight(a, w.shape, grad, stride, padding, dilation, groups)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(dim=(0, 2, 3))
-        return ga, gw, gb, None, None, None, None, None, None
+        return ga, gw, gb, None, None, None, None, None, None, None
 
 
-def exact_conv2d(a, w, b, s_in, s_w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    """conv2d of on-grid activations ``a`` (scale ``s_in``) and weights ``w`` (scales ``s_w``), integer-exact."""
-    return _ExactConv.apply(a, w, b, s_in, s_w, list(stride), list(padding), list(dilation), int(groups))
+def exact_conv2d(a, w, b, s_in, s_w, s_out=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """conv2d of on-grid activations ``a`` (scale ``s_in``) and weights ``w`` (scales ``s_w``), integer-exact.
+
+    With ``s_out`` (the scale of the fake quantizer that follows), the result is requantized the
+    way the int8 kernels do it, so the following quantization reproduces their rounding.
+    """
+    return _ExactConv.apply(a, w, b, s_in, s_w, s_out, list(stride), list(padding), list(dilation), int(groups))
+
+
+def _output_quantizer(node: Node, is_quant) -> Node | None:
+    """The node that quantizes this conv's output, directly or after a fused ReLU."""
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_function" and users[0].target in (aten.relu.default,
+                                                                                  aten.relu_.default):
+        users = list(users[0].users)
+    return users[0] if len(users) == 1 and is_quant(users[0]) else None
 
 
 def _module(gm: GraphModule, node: Node):
@@ -88,10 +107,13 @@ def emulate_integer_convs(gm: GraphModule) -> int:
         if weight.meta.get("val") is not None and weight.meta["val"][0].numel() > _MAX_EXACT_TERMS:
             continue
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        out_q = _output_quantizer(node, lambda u: u.op == "call_module" and hasattr(_module(gm, u), "scale")
+                                  and not isinstance(_module(gm, u), WeightFakeQuantize))
         with gm.graph.inserting_before(node):
             s_in = gm.graph.get_attr(f"{act.target}.scale")
             s_w = gm.graph.get_attr(f"{weight.target}.scale")
-            new = gm.graph.call_function(exact_conv2d, (act, weight, bias, s_in, s_w) + _conv_args(node))
+            s_out = gm.graph.get_attr(f"{out_q.target}.scale") if out_q is not None else None
+            new = gm.graph.call_function(exact_conv2d, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
@@ -105,11 +127,11 @@ def restore_convs(gm: GraphModule) -> None:
     """Undo ``emulate_integer_convs`` (plain aten.conv2d again, as convert_pt2e expects)."""
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target is exact_conv2d:
-            a, w, b, _, _, stride, padding, dilation, groups = node.args
+            a, w, b, _, _, _, stride, padding, dilation, groups = node.args
             with gm.graph.inserting_before(node):
                 conv = gm.graph.call_function(aten.conv2d.default, (a, w, b, stride, padding, dilation, groups))
             conv.meta = dict(node.meta)
-            extra = [a for a in node.args[3:5] if isinstance(a, Node)]
+            extra = [a for a in node.args[3:6] if isinstance(a, Node)]
             node.replace_all_uses_with(conv)
             gm.graph.erase_node(node)
             for n in extra:
@@ -132,8 +154,10 @@ def emulate_integer_convs_converted(gm: GraphModule) -> int:
             continue
         bias = node.args[2] if len(node.args) > 2 else None
         s_in, s_w = act.args[1], weight.args[1]
+        out_q = _output_quantizer(node, lambda u: u.target == _qd.quantize_per_tensor.default)
+        s_out = out_q.args[1] if out_q is not None else None
         with gm.graph.inserting_before(node):
-            new = gm.graph.call_function(exact_conv2d, (act, weight, bias, s_in, s_w) + _conv_args(node))
+            new = gm.graph.call_function(exact_conv2d, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
