@@ -99,11 +99,24 @@ def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
                           f"valid keys: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
+        default = _field_default(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A partial mapping overrides the parent's default for this field (e.g. qat.train keeps
+            # its QAT learning rate when only its steps are given), not the nested class's defaults.
+            value = merge(to_dict(default), value)
         kwargs[name] = _convert(hints[name], value, f"{path}.{name}" if path else name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
 
 
 def to_dict(obj) -> Any:

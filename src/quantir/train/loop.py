@@ -12,7 +12,9 @@ import copy
 import csv
 import dataclasses
 import math
+import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,6 +33,19 @@ METRIC_FIELDS = ("stage", "step", "loss", "terms", "lr", "val_psnr", "elapsed_s"
 
 class TrainingError(QuantirError):
     exit_code = 3
+
+
+def _fault(stage: str, step: int) -> str | None:
+    """Fault injection for the crash/resume and NaN tests: QUANTIR_FAULT="kill:stage1:25" sends
+    SIGKILL to this process at that step; "nan:qat:5" makes that step's loss NaN."""
+    spec = os.environ.get("QUANTIR_FAULT", "")
+    for item in filter(None, spec.split(",")):
+        kind, at_stage, at_step = item.split(":")
+        if at_stage == stage and int(at_step) == step:
+            if kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return kind
+    return None
 
 
 def learning_rate(cfg: StageConfig, step: int) -> float:
@@ -171,10 +186,13 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
         for g, mult in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * mult
         optimizer.zero_grad(set_to_none=True)
+        fault = _fault(spec.name, step)
         if spec.custom_backward is not None:
             loss_value, terms = spec.custom_backward(model, batch)
         else:
             loss, terms = spec.compute_loss(train_model, batch)
+            if fault == "nan":
+                loss = loss * float("nan")
             loss_value = float(loss.detach())
             if ctx.all_true(math.isfinite(loss_value)):
                 loss.backward()

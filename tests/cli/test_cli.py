@@ -1,0 +1,118 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quantir.cli import COMMANDS, main
+from tests.conftest import natural_image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_the_seven_subcommands():
+    res = subprocess.run([sys.executable, "-m", "quantir", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    assert res.returncode == 0
+    for cmd in ("train", "export", "eval", "bench", "upscale", "enhance", "data"):
+        assert cmd in res.stdout
+    assert len(COMMANDS) == 7
+
+
+def _png(path, img, mode=None):
+    Image.fromarray(img, mode).save(path)
+    return path
+
+
+def test_upscale_file_and_folder(sr_model, tmp_path):
+    src = _png(tmp_path / "a.png", natural_image(20, 24))
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(sr_model), "--quiet"]) == 0
+    assert Image.open(out).size == (72, 60)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        _png(folder / f"p{k}.png", natural_image(16, 20, seed=k))
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "outdir"), "--model", str(sr_model), "--quiet",
+                 "--compare"]) == 0
+    names = sorted(p.name for p in (tmp_path / "outdir").iterdir())
+    assert names == ["p0.png", "p0_compare.png", "p1.png", "p1_compare.png", "p2.png", "p2_compare.png"]
+
+
+def test_tiled_upscale_matches_untiled(sr_model, tmp_path):
+    src = _png(tmp_path / "a.png", natural_image(90, 110))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "full.png"), "--model", str(sr_model), "--quiet",
+                 "--tile", "512"]) == 0
+    assert main(["upscale", str(src), "-o", str(tmp_path / "tiled.png"), "--model", str(sr_model), "--quiet",
+                 "--tile", "72"]) == 0
+    a = np.asarray(Image.open(tmp_path / "full.png"))
+    b = np.asarray(Image.open(tmp_path / "tiled.png"))
+    assert np.array_equal(a, b)  # receptive field (5 px) < tile margin: tiles are exact
+
+
+def test_alpha_16bit_gray_exif_icc(sr_model, enhance_model, tmp_path):
+    from PIL import ImageCms
+
+    rgba = np.dstack([natural_image(16, 20), np.linspace(0, 255, 320).reshape(16, 20).astype(np.uint8)])
+    _png(tmp_path / "alpha.png", rgba, "RGBA")
+    assert main(["upscale", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "alpha_x3.png"), "--model",
+                 str(sr_model), "--quiet"]) == 0
+    out = Image.open(tmp_path / "alpha_x3.png")
+    assert out.mode == "RGBA" and out.size == (60, 48)
+    g16 = (natural_image(16, 16)[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    assert main(["enhance", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_out.png"), "--model",
+                 str(enhance_model), "--quiet"]) == 0
+    assert Image.open(tmp_path / "g16_out.png").mode == "L"
+    im = Image.fromarray(natural_image(10, 20))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im.save(tmp_path / "rot.jpg", exif=exif.tobytes(), icc_profile=icc)
+    assert main(["upscale", str(tmp_path / "rot.jpg"), "-o", str(tmp_path / "rot.png"), "--model", str(sr_model),
+                 "--quiet"]) == 0
+    out = Image.open(tmp_path / "rot.png")
+    assert out.size == (30, 60) and out.info.get("icc_profile") == icc  # upright (EXIF applied), profile kept
+
+
+def _errors(capsys):
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+
+
+def test_error_cases_one_line_each_and_batch_continues(sr_model, enhance_model, tmp_path, capsys):
+    good = _png(tmp_path / "good.png", natural_image(12, 12))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    outdir = tmp_path / "out"
+    code = main(["upscale", str(good), str(bad), str(tmp_path / "missing.png"), "-o", str(outdir), "--model",
+                 str(sr_model), "--quiet"])
+    assert code == 1 and (outdir / "good.png").is_file()
+    assert not (outdir / "bad.png").exists() and not (outdir / "missing.png").exists()
+    assert len(_errors(capsys)) == 2
+    assert not [p for p in outdir.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    # existing output without --overwrite
+    assert main(["upscale", str(good), "-o", str(outdir / "good.png"), "--model", str(sr_model), "--quiet"]) == 1
+    assert "already exists" in _errors(capsys)[0]
+    # wrong task and wrong scale
+    assert main(["upscale", str(good), "-o", str(tmp_path / "x.png"), "--model", str(enhance_model)]) == 2
+    assert main(["upscale", str(good), "-o", str(tmp_path / "x.png"), "--model", str(sr_model), "--scale", "2"]) == 2
+    errs = _errors(capsys)
+    assert len(errs) == 2 and "enhance" in errs[0] and "x3" in errs[1]
+    # unwritable output location (its parent is a file, so even root cannot create it)
+    code = main(["upscale", str(good), "-o", str(good / "x.png"), "--model", str(sr_model), "--quiet"])
+    errs = _errors(capsys)
+    assert code == 1 and len(errs) == 1 and "cannot write" in errs[0]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_inference_path_does_not_import_torch(sr_model, tmp_path):
+    src = _png(tmp_path / "a.png", natural_image(12, 12))
+    code = ("import sys, runpy; sys.argv = ['quantir', 'upscale', %r, '-o', %r, '--model', %r, '--quiet'];"
+            "from quantir.cli import main; rc = main(sys.argv[1:]);"
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)") % (
+        str(src), str(tmp_path / "o.png"), str(sr_model))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -1,0 +1,113 @@
+"""End-to-end training on tiny configs: stages, files, resume after kill -9, NaN stop, --init, DDP."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantir.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_cli(args, env_extra=None, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "quantir", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [(r["stage"], r["step"], r["loss"], r["val_psnr"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("task", ["sr", "enhance"])
+def test_tiny_run_produces_all_files(make_config, tmp_path, task):
+    cfg = make_config(task=task, **{"export.enabled": True, "export.parity_limit": 1})
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    for f in ("config.yaml", "metrics.csv", "report.md", "curves.png", "results.json", "state.json",
+              "checkpoints/stage1_last.pt", "checkpoints/stage1_best.pt", "checkpoints/qat_final.pt",
+              "checkpoints/deploy_fp32.pt", "export/model_int8.tflite", "export/model_int8.onnx",
+              "export/parity.json", "export/model_card.md"):
+        assert (out / f).is_file(), f
+    res = json.loads((out / "results.json").read_text())["eval"]
+    baseline = "bicubic" if task == "sr" else "input"
+    assert {baseline, "FP32 (fused)", "INT8 fake-quant", "INT8 TFLite", "INT8 ONNX"} <= set(res)
+    assert abs(res["INT8 TFLite"]["psnr_rgb"] - res["INT8 fake-quant"]["psnr_rgb"]) < 0.05
+    report = (out / "report.md").read_text()
+    assert "INT8 TFLite" in report and "curves.png" in report
+    stages = {r[0] for r in _rows(out)}
+    assert {"stage1", "qat"} <= stages
+
+
+@pytest.mark.parametrize("stage,step", [("stage1", 17), ("qat", 7)])
+def test_kill_and_resume_matches_uninterrupted_run(make_config, tmp_path, stage, step):
+    cfg = make_config()
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert _run_cli(["train", str(cfg), "--out", str(ref), "--quiet"]).returncode == 0
+    killed = _run_cli(["train", str(cfg), "--out", str(run), "--quiet"], {"QUANTIR_FAULT": f"kill:{stage}:{step}"})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run / "results.json").exists()
+    resumed = _run_cli(["train", str(cfg), "--out", str(run), "--quiet", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _rows(run) == _rows(ref)
+    a = json.loads((ref / "results.json").read_text())["eval"]
+    b = json.loads((run / "results.json").read_text())["eval"]
+    for k in a:
+        assert abs(a[k]["psnr_rgb"] - b[k]["psnr_rgb"]) < 1e-6, k
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(make_config, tmp_path):
+    cfg = make_config()
+    out = tmp_path / "run"
+    res = _run_cli(["train", str(cfg), "--out", str(out), "--quiet"], {"QUANTIR_FAULT": "nan:stage1:15"})
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 3 and err[-1].startswith("error: stage1: loss became nan at step 15")
+    assert "Traceback" not in res.stderr
+    assert (out / "checkpoints" / "stage1_last.pt").is_file()
+
+
+def test_init_from_deploy_checkpoint_runs_qat_directly(make_config, tmp_path):
+    cfg = make_config()
+    first = tmp_path / "first"
+    assert main(["train", str(cfg), "--out", str(first), "--quiet"]) == 0
+    second = tmp_path / "second"
+    code = main(["train", str(cfg), "--out", str(second), "--quiet", "--init",
+                 str(first / "checkpoints" / "deploy_fp32.pt"), "--set", "stage1.enabled=false",
+                 "--set", "stage2.enabled=false"])
+    assert code == 0
+    assert not (second / "checkpoints" / "stage1_last.pt").exists()
+    assert (second / "checkpoints" / "qat_final.pt").is_file()
+
+
+def test_resume_refuses_a_different_config(make_config, tmp_path, capsys):
+    cfg = make_config()
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "--set", "qat.enabled=false",
+                 "--set", "export.enabled=false"]) == 0
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "--resume"]) != 0
+    assert "differs from the given config" in capsys.readouterr().err
+
+
+def test_ddp_two_processes(make_config, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    cfg = make_config()
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "quantir", "train",
+                          str(cfg), "--out", str(out), "--quiet"], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "results.json").is_file() and (out / "checkpoints" / "qat_final.pt").is_file()
+    # rank 0 alone logs: one row per logging point, no duplicates
+    rows = _rows(out)
+    assert len(rows) == len(set(rows))
