@@ -36,7 +36,8 @@ bench-quick: samples
 	$(PY) benchmarks/run_all.py --quick
 
 builtin: samples
-	$(PY) benchmarks/train_builtin.py
+	$(VENV)/bin/quantir data fetch samples --out data/samples --sets train train-ext eval
+	$(PY) scripts/build_builtin_models.py
 
 clean:
 	rm -rf $(VENV) runs

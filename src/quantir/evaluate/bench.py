@@ -22,7 +22,12 @@ def mai_score(psnr_db: float, ms: float) -> float:
 
 
 class _Timed:
-    def __init__(self, spec: str, hw: tuple[int, int], threads: int):
+    def __init__(self, spec, hw: tuple[int, int], threads: int):
+        self.times: list[float] = []
+        if isinstance(spec, tuple):  # (label, zero-arg callable, MACs per input pixel or None)
+            self.name, self.fn, self.macs_per_pixel = spec
+            self.backend = "custom"
+            return
         path = Path(spec)
         self.name = path.name
         h, w = hw
@@ -59,11 +64,11 @@ class _Timed:
             self.fn = run
             self.backend = "torch"
             self.macs_per_pixel = None if hasattr(model, "graph_module") else macs_per_pixel(model)
-        self.times: list[float] = []
 
 
-def benchmark(models: list[str], hw: tuple[int, int] = (360, 640), threads: int = 2, runs: int = 20,
+def benchmark(models: list, hw: tuple[int, int] = (360, 640), threads: int = 2, runs: int = 20,
               warmup: int = 3, psnr: dict[str, float] | None = None) -> list[dict]:
+    """Time model files (or ``(label, fn, macs_per_pixel)`` tuples) round-robin; one row per model."""
     timed = [_Timed(m, hw, threads) for m in models]
     for t in timed:
         for _ in range(warmup):
@@ -76,12 +81,13 @@ def benchmark(models: list[str], hw: tuple[int, int] = (360, 640), threads: int 
     rows = []
     for spec, t in zip(models, timed):
         med, best = statistics.median(t.times), min(t.times)
-        row = {"model": spec, "backend": t.backend, "hw": list(hw), "threads": threads, "runs": runs,
+        label = spec[0] if isinstance(spec, tuple) else spec
+        row = {"model": label, "backend": t.backend, "hw": list(hw), "threads": threads, "runs": runs,
                "median_ms": med, "min_ms": best}
         if t.macs_per_pixel:
             gmac = t.macs_per_pixel * hw[0] * hw[1] / 1e9
             row.update(gmac=gmac, gmac_per_s=gmac / (med / 1000.0))
-        p = (psnr or {}).get(spec)
+        p = (psnr or {}).get(label)
         if p is not None:
             row.update(psnr_db=p, mai_score=mai_score(p, med))
         rows.append(row)

@@ -69,6 +69,8 @@ def export_artifacts(prepared: QuantizedModel, float_model: torch.nn.Module, out
             files["tflite_int8_fixed"] = tflite_export.export_int8(converted, out / f"model_int8_{h}x{w}.tflite", meta,
                                                                    shape=options.shape)
         files["tflite_float"] = tflite_export.export_float(float_model, out / "model_float.tflite", meta)
+        if files["tflite_int8"]["note"]:
+            print(f"note: model_int8.tflite has a fixed shape: {files['tflite_int8']['note']}")
         ok, bad, io_dtype, ops = tflite_op_check(out / "model_int8.tflite")
         checks["tflite"] = (ok, bad, io_dtype)
         runtimes["tflite"] = load_runtime(out / "model_int8.tflite", threads=options.threads)
@@ -87,12 +89,14 @@ def export_artifacts(prepared: QuantizedModel, float_model: torch.nn.Module, out
         import yaml
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-    card = model_card(prepared, float_model, out, report, command)
+    notes = [f"{k}: fixed input shape ({v['note']})" for k, v in files.items() if v.get("note")]
+    card = model_card(prepared, float_model, out, report, command, notes)
     atomic_write_text(out / "model_card.md", card)
     return {"files": files, "parity": report, "dir": str(out)}
 
 
-def model_card(prepared: QuantizedModel, float_model, out: Path, report: dict, command: str | None) -> str:
+def model_card(prepared: QuantizedModel, float_model, out: Path, report: dict, command: str | None,
+               notes: list[str] | None = None) -> str:
     info = prepared.info
     name = getattr(prepared, "source_model_name", None) or type(float_model).__name__
     lines = [f"# {name} ({'x%d super-resolution' % info.scale if info.task == 'sr' else 'photo enhancement'})", ""]
@@ -106,6 +110,7 @@ def model_card(prepared: QuantizedModel, float_model, out: Path, report: dict, c
     cfg = prepared.config
     lines.append(f"- quantization: weights int{cfg.weight_bits} per-{'channel' if cfg.weight_per_channel else 'tensor'} "
                  f"symmetric, activations int{cfg.act_bits} per-tensor affine, scales learned in QAT and exported as is")
+    lines += [f"- note: {n}" for n in notes or []]
     lines.append("")
     lines.append("| file | bytes |")
     lines.append("|---|---:|")

@@ -64,14 +64,18 @@ def add_metadata(model: tg.fb.ModelT, meta: dict) -> None:
     model.metadata.append(entry)
 
 
-def _finish(raw: bytes, meta: dict, dynamic: bool, path: Path) -> dict:
+def _finish(raw: bytes, meta: dict, dynamic: bool, path: Path, native_d2s: bool = True) -> dict:
     model = tg.read(raw)
-    n_d2s = tg.replace_depth_to_space(model)
+    n_d2s = tg.replace_depth_to_space(model) if native_d2s else 0
+    note = None
     if dynamic:
-        tg.make_dynamic_hw(model)
+        try:
+            tg.make_dynamic_hw(model)
+        except ValueError as err:  # e.g. the paper U-Net's size-baked resizes: keep the static file
+            dynamic, note = False, str(err)
     add_metadata(model, meta)
     atomic_write_bytes(path, tg.to_bytes(model))
-    return {"path": str(path), "depth_to_space_ops": n_d2s, "dynamic": dynamic}
+    return {"path": str(path), "depth_to_space_ops": n_d2s, "dynamic": dynamic, "note": note}
 
 
 def reference_size(multiple: int, hw: tuple[int, int] | None) -> tuple[int, int]:
@@ -83,18 +87,34 @@ def reference_size(multiple: int, hw: tuple[int, int] | None) -> tuple[int, int]
     return h, w
 
 
-def export_int8(converted, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
-    """Write the fully-integer TFLite of a converted ``QuantizedModel`` (dynamic H/W unless ``shape``)."""
+FALLBACK_SIZE = (256, 256)  # static size when a graph cannot be made dynamic (runtimes tile larger images)
+
+
+def export_int8(converted, path: str | Path, meta: dict, shape: tuple[int, int] | None = None,
+                native_d2s: bool = True) -> dict:
+    """Write the fully-integer TFLite of a converted ``QuantizedModel`` (dynamic H/W unless ``shape``).
+
+    ``native_d2s=False`` keeps litert-torch's reshape/transpose chain (only possible at a fixed shape);
+    the benchmark uses it to measure what the single DEPTH_TO_SPACE op saves.
+    """
     h, w = reference_size(converted.info.size_multiple, shape)
     example = torch.rand(1, h, w, 3) * converted.info.pixel_max
     raw = _convert(converted.export_graph, example, converted.quantizer)
-    return _finish(raw, meta, dynamic=shape is None, path=Path(path))
+    info = _finish(raw, meta, dynamic=shape is None and native_d2s, path=Path(path), native_d2s=native_d2s)
+    if info["note"]:
+        raw = _convert(converted.export_graph, torch.rand(1, *FALLBACK_SIZE, 3) * converted.info.pixel_max,
+                       converted.quantizer)
+        info = dict(_finish(raw, meta, dynamic=False, path=Path(path), native_d2s=native_d2s), note=info["note"])
+    return info
 
 
 def export_float(model: nn.Module, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
     """Write the FP32 TFLite of a (fused) float model, same I/O layout as the int8 one."""
-    core = model.export_module() if hasattr(model, "export_module") else model
+    core = _NHWCFloat(model.export_module() if hasattr(model, "export_module") else model).eval()
     h, w = reference_size(model.info.size_multiple, shape)
-    example = torch.rand(1, h, w, 3) * model.info.pixel_max
-    raw = _convert(_NHWCFloat(core).eval(), example)
-    return _finish(raw, meta, dynamic=shape is None, path=Path(path))
+    raw = _convert(core, torch.rand(1, h, w, 3) * model.info.pixel_max)
+    info = _finish(raw, meta, dynamic=shape is None, path=Path(path))
+    if info["note"]:
+        raw = _convert(core, torch.rand(1, *FALLBACK_SIZE, 3) * model.info.pixel_max)
+        info = dict(_finish(raw, meta, dynamic=False, path=Path(path)), note=info["note"])
+    return info

@@ -6,8 +6,8 @@ boundary that difference flips an output by one level (about 1 % of outputs per 
 30-layer U-Net the flips compound to several LSB at the output (measured in BENCHMARKS.md).
 
 ``exact_conv2d`` recovers the integer grid values (q - zp) of the activation and q of the
-weight, convolves those in float32 (exact: every product and partial sum is an integer below
-2^24), adds the bias rounded to its int32 grid (scale s_in * s_w, as TFLite/ONNX store it) and
+weight, convolves those in float32 (exact while every partial sum is an integer below 2^24; wide
+convs use float64), adds the bias rounded to its int32 grid (scale s_in * s_w, as TFLite/ONNX store it) and
 applies s_in * s_w once. Gradients are those of the plain convolution (straight-through).
 
 ``emulate_integer_convs`` rewrites a prepared (fake-quant) graph to use it; ``restore_convs``
@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 aten = torch.ops.aten
 _qd = torch.ops.quantized_decomposed
 _CONV_DEFAULTS = ([1, 1], [0, 0], [1, 1], 1)
-_MAX_EXACT_TERMS = 1024  # 1024 * 128 * 127 < 2^24: float32 sums of int8 products stay exact
+_FLOAT32_EXACT_TERMS = (2**24) // (255 * 127)  # below this, float32 sums of int8 products stay integers
 
 
 def _conv_args(node: Node):
@@ -44,7 +44,9 @@ class _ExactConv(torch.autograd.Function):
         s_w = torch.as_tensor(s_w, dtype=torch.float32).reshape(-1)
         a_int = torch.round(a / s_in)
         w_int = torch.round(w / s_w.view(-1, 1, 1, 1))
-        acc = F.conv2d(a_int, w_int, None, stride, padding, dilation, groups)
+        if w[0].numel() > _FLOAT32_EXACT_TERMS:  # wide convs: accumulate in float64, still exact
+            a_int, w_int = a_int.double(), w_int.double()
+        acc = F.conv2d(a_int, w_int, None, stride, padding, dilation, groups).float()
         scale = (s_in * s_w).view(1, -1, 1, 1)
         if b is not None:
             acc = acc + torch.round(b.view(1, -1, 1, 1) / scale)
@@ -92,6 +94,14 @@ def _module(gm: GraphModule, node: Node):
     return gm.get_submodule(node.target) if isinstance(node, Node) and node.op == "call_module" else None
 
 
+def _swap(gm: GraphModule, node: Node, args: tuple) -> None:
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(exact_conv2d, args)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
 def emulate_integer_convs(gm: GraphModule) -> int:
     """Rewrite conv2d(FQ_act(x), FQ_w(w), b) in a prepared graph to ``exact_conv2d``; returns the count."""
     from quantir.quant.fake_quant import WeightFakeQuantize
@@ -104,8 +114,6 @@ def emulate_integer_convs(gm: GraphModule) -> int:
         act_fq, w_fq = _module(gm, act), _module(gm, weight)
         if act_fq is None or not isinstance(w_fq, WeightFakeQuantize) or not hasattr(act_fq, "scale"):
             continue
-        if weight.meta.get("val") is not None and weight.meta["val"][0].numel() > _MAX_EXACT_TERMS:
-            continue
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         out_q = _output_quantizer(node, lambda u: u.op == "call_module" and hasattr(_module(gm, u), "scale")
                                   and not isinstance(_module(gm, u), WeightFakeQuantize))
@@ -113,10 +121,7 @@ def emulate_integer_convs(gm: GraphModule) -> int:
             s_in = gm.graph.get_attr(f"{act.target}.scale")
             s_w = gm.graph.get_attr(f"{weight.target}.scale")
             s_out = gm.graph.get_attr(f"{out_q.target}.scale") if out_q is not None else None
-            new = gm.graph.call_function(exact_conv2d, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        _swap(gm, node, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
         count += 1
     gm.graph.lint()
     gm.recompile()
@@ -156,11 +161,7 @@ def emulate_integer_convs_converted(gm: GraphModule) -> int:
         s_in, s_w = act.args[1], weight.args[1]
         out_q = _output_quantizer(node, lambda u: u.target == _qd.quantize_per_tensor.default)
         s_out = out_q.args[1] if out_q is not None else None
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_function(exact_conv2d, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        _swap(gm, node, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
         count += 1
     gm.graph.lint()
     gm.recompile()

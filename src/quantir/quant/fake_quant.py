@@ -6,8 +6,9 @@ while convert exports amax/127, and the fused activation fake-quant drifts by a 
 modules here call the same ``torch.fake_quantize_per_*_affine`` kernels with the same
 parameters that ``calculate_qparams`` hands to convert, so a frozen model converts bit-exactly.
 
-* ``ActFakeQuantize``: per-tensor affine activations. Ranges come from a ``RangeObserver``
-  while observing, then are learned (LSQ+ gradients with LSQ's gradient scaling) or frozen.
+* ``ActFakeQuantize``: per-tensor affine activations. A ``RangeObserver`` watches float
+  activations while observing; its range is adopted when observation ends, then learned (LSQ+
+  gradients with LSQ's gradient scaling) or frozen.
   It can also record ODM's mismatch ``||X - q(X)||_2`` for the regulariser.
 * ``WeightFakeQuantize``: symmetric weights, per channel or per tensor, with the range taken
   from the current weights at every step (no lag behind the optimiser): either the absolute
@@ -97,8 +98,20 @@ class ActFakeQuantize(FakeQuantizeBase):
         self.mismatch: torch.Tensor | None = None
 
     def enable_observer(self, enabled: bool = True) -> None:
+        was_observing = bool(self.observer_enabled[0])
         super().enable_observer(enabled)
+        if was_observing and not enabled:
+            self._sync_from_observer()
         self._sync_requires_grad()
+
+    @torch.no_grad()
+    def _sync_from_observer(self) -> None:
+        """Take the range the observer settled on (once: the MSE search is too costly per batch)."""
+        if int(self.activation_post_process.n_batches) == 0:
+            return
+        scale, zp = self.activation_post_process.calculate_qparams()
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zp.float())
 
     def _sync_requires_grad(self) -> None:
         learn = self.learnable and self.learning and not bool(self.observer_enabled[0])
@@ -117,11 +130,10 @@ class ActFakeQuantize(FakeQuantizeBase):
 
     def forward(self, x):
         if bool(self.observer_enabled[0]):
+            # Calibration sees float activations (as PT2E observers do); the range is taken when
+            # observation ends (enable_observer(False), i.e. any phase after "observe").
             self.activation_post_process(x.detach())
-            scale, zp = self.activation_post_process.calculate_qparams()
-            with torch.no_grad():
-                self.scale.copy_(scale)
-                self.zero_point.copy_(zp.float())
+            return x
         if not bool(self.fake_quant_enabled[0]):
             return x
         factor = 1.0

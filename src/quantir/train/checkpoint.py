@@ -67,12 +67,12 @@ def build_qat(record: dict):
     h, w = record["example_hw"]
     qcfg = from_dict(QuantConfig, record["quant_config"])
     qmodel = prepare_qat(model, torch.zeros(2, 3, h, w), qcfg)
+    set_phase(qmodel, "freeze")  # before loading, so no observer range replaces the learned ones
     missing, unexpected = qmodel.load_state_dict(record["state_dict"], strict=False)
     real_missing = [k for k in missing if not k.endswith(".sample")]
     if real_missing or unexpected:
         raise ModelFileError(f"checkpoint does not match the rebuilt QAT graph ({len(real_missing)} missing, "
                              f"{len(unexpected)} unexpected keys)")
-    set_phase(qmodel, "freeze")
     return qmodel.eval()
 
 

@@ -134,13 +134,13 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
     step, best, started = 0, -math.inf, time.time()
     if resume and last_path.is_file():
         state = checkpoint.load(last_path)
+        step, best = state["step"], state["best"]
+        if spec.on_step:  # replay phase switches first: leaving "observe" adopts observer ranges,
+            for k in range(step):  # which the checkpoint's learned ranges must then overwrite
+                spec.on_step(k)
         model.load_state_dict(state["model"], strict=False)
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"], strict=False)
-        step, best = state["step"], state["best"]
-        if spec.on_step:  # replay phase switches up to the checkpoint so requires_grad matches
-            for k in range(step):
-                spec.on_step(k)
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         metrics.truncate(spec.name, step)

@@ -1,0 +1,119 @@
+"""Shared helpers for the benchmark scripts: data settings, runs, artifact evaluation, JSON I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from quantir import config as config_io  # noqa: E402
+from quantir.data.datasets import PairSequence  # noqa: E402
+from quantir.evaluate.evaluate import evaluate  # noqa: E402
+from quantir.train.config import TrainConfig  # noqa: E402
+
+
+@dataclasses.dataclass
+class BenchSettings:
+    out: Path
+    quick: bool = False
+    div2k: str | None = None
+    dped: str | None = None
+    samples: Path = ROOT / "data" / "samples"
+    threads: int = 2
+    smoke: bool = False  # a few steps everywhere: checks the code paths, the numbers mean nothing
+
+    def steps(self, full: int, quick: int) -> int:
+        return 12 if self.smoke else (quick if self.quick else full)
+
+    def data_overrides(self, task: str) -> dict:
+        if task == "sr" and self.div2k:
+            return {"layout": "div2k", "root": self.div2k, "eval_limit": 20 if self.quick else None}
+        if task == "enhance" and self.dped:
+            return {"layout": "dped", "root": self.dped, "eval_limit": 200 if self.quick else None}
+        return {"train_dir": str(self.samples / "train"), "eval_dir": str(self.samples / "eval"), "val_holdout": 4}
+
+    @property
+    def dataset_name(self) -> str:
+        return "sample photos (16 evaluation photos from PyPI wheels)"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "platform": platform.platform()}
+
+
+def make_config(settings: BenchSettings, task: str, base: dict) -> TrainConfig:
+    data = config_io.merge(base.get("data", {}), settings.data_overrides(task))
+    return config_io.from_dict(TrainConfig, dict(base, task=task, data=data, threads=settings.threads))
+
+
+def run_training(cfg: TrainConfig, run_dir: Path, init: str | None = None) -> dict:
+    """Train (or reuse a finished run with the same config) and return its results.json."""
+    from quantir.train.pipeline import train
+
+    results = run_dir / "results.json"
+    saved = run_dir / "config.yaml"
+    if results.is_file() and saved.is_file():
+        import yaml
+
+        if yaml.safe_load(saved.read_text()) == json.loads(json.dumps(config_io.to_dict(cfg))):
+            print(f"  reusing {run_dir}", flush=True)
+            return json.loads(results.read_text())
+    print(f"  training {run_dir.name} ...", flush=True)
+    train(cfg, run_dir, init=init, progress=False)
+    return json.loads(results.read_text())
+
+
+def eval_artifact(path: Path, pairs: PairSequence, border: int) -> dict:
+    from quantir.export.runtime import load_runtime
+
+    r = evaluate(load_runtime(path).run, pairs, border)
+    return {k: v for k, v in r.items() if k != "per_image"}
+
+
+def eval_fn(fn, pairs, border: int) -> dict:
+    r = evaluate(fn, pairs, border)
+    return {k: v for k, v in r.items() if k != "per_image"}
+
+
+def save_json(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def uint8_predictor(model):
+    from quantir.export.parity import torch_uint8
+
+    return lambda img: np.clip(np.round(torch_uint8(model, img)), 0, 255).astype(np.uint8)

@@ -1,0 +1,103 @@
+"""Table 3: QATIE enhancement, the paper net vs its INT8-friendly variant, and what each change does.
+
+Variants (c=16 on CPU): the paper's HybridMixUNet (InstanceNorm, LeakyReLU, concat skips, nearest
+resize) and the changes that make it deployable, added one at a time, ending at qatie_unet_int8.
+For each: FP32, PTQ (percentile), QAT fake-quant, the exported INT8 TFLite, whether the TFLite is
+all-int8, its parity with fake-quant, and how many int8 levels the tanh skip branches keep inside
+their concat (the reference TFLite kept about 17 and 5 of 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from common import BenchSettings, eval_artifact, make_config, run_training, save_json
+
+from quantir.export.from_checkpoint import export_checkpoint
+from quantir.train import checkpoint
+
+STEPS = {
+    # label: model options on top of qatie_unet (paper): the int8 changes accumulate
+    "paper (InstanceNorm, LeakyReLU, concat, resize)": {},
+    "+ BatchNorm (folded)": {"norm": "batch"},
+    "+ ReLU": {"norm": "batch", "act": "relu"},
+    "+ split skip fusions": {"norm": "batch", "act": "relu", "split_fusion": True},
+    "+ depth-to-space upsampling (= qatie_unet_int8)": {"norm": "batch", "act": "relu", "split_fusion": True,
+                                                        "upsample": "d2s", "zero_init_head": True},
+}
+
+
+def tanh_concat_levels(qat_ckpt: Path) -> int | None:
+    """Fewest int8 levels a tanh skip branch keeps on [-1, 1] after entering a concat (256 = untouched)."""
+    q = checkpoint.build_qat(checkpoint.load(qat_ckpt))
+    gm = q.graph_module
+    levels = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.tanh.default:
+            frontier = list(node.users)
+            while frontier:
+                u = frontier.pop()
+                if u.op == "call_module":
+                    frontier += list(u.users)
+                elif u.op == "call_function" and u.target in (torch.ops.aten.cat.default,):
+                    for user in u.users:
+                        if user.op == "call_module" and hasattr(gm.get_submodule(user.target), "scale"):
+                            scale = float(gm.get_submodule(user.target).scale.reshape(-1)[0])
+                            levels.append(int(round(2.0 / scale)) + 1)
+    return min(levels) if levels else 256
+
+
+def run(settings: BenchSettings) -> dict:
+    out = settings.out / "enhance"
+    result = {"quick": settings.quick, "paper_dped": {"FP32": 22.194, "INT8 QAT": 21.050, "INT8 PTQ": 20.576},
+              "variants": {}}
+    steps = {"fp32": settings.steps(4000, 700), "qat": settings.steps(800, 150)}
+    labels = list(STEPS) if not (settings.quick or settings.smoke) else [list(STEPS)[0], list(STEPS)[-1]]
+    for label in labels:
+        opts = dict(STEPS[label], channels=16)
+        slug = f"v{list(STEPS).index(label)}"
+        print(f"[enhance] {label}", flush=True)
+        base = {
+            "model": "qatie_unet", "model_options": opts,
+            "data": {"patch": 64, "batch": 8, "val_size": 192},
+            "stage1": {"steps": steps["fp32"], "lr": 1.0e-3, "warmup": 100, "val_every": max(100, steps["fp32"] // 5),
+                       "ckpt_every": max(100, steps["fp32"] // 5),
+                       "loss": {"l1": 0.0, "psnr_y": 2.0, "cosine": 1.0, "outlier": 1.0}},
+            "stage2": {"enabled": False},
+            "qat": {"calib_batches": 16,
+                    "train": {"steps": steps["qat"], "lr": 1.0e-5, "lr_min": 1.0e-7, "ema": 0.0,
+                              "val_every": max(50, steps["qat"] // 4), "ckpt_every": max(50, steps["qat"] // 4),
+                              "loss": {"l1": 0.2, "kd": 1.0, "kd_confidence": False}}},
+            "export": {"enabled": True, "formats": ["tflite"], "parity_limit": 6 if settings.quick else 16},
+        }
+        cfg = make_config(settings, "enhance", base)
+        run_dir = out / slug
+        res = run_training(cfg, run_dir)
+        ev = res["eval"]
+        row = {"input": ev["input"], "FP32": ev["FP32 (fused)"], "INT8 fake-quant (QAT)": ev["INT8 fake-quant"],
+               "INT8 TFLite (QAT)": ev.get("INT8 TFLite"), "parity": res["parity"].get("tflite"),
+               "tanh_concat_levels": tanh_concat_levels(run_dir / "checkpoints" / "qat_final.pt")}
+        ptq = export_checkpoint(run_dir / "checkpoints" / "deploy_fp32.pt", run_dir / "ptq", formats=("tflite",),
+                                ptq="percentile", calib_dir=cfg.data.train_dir, parity_dir=cfg.data.eval_dir,
+                                parity_limit=4)
+        from quantir.train.data import _eval_pairs
+
+        row["INT8 TFLite (PTQ percentile)"] = eval_artifact(run_dir / "ptq" / "model_int8.tflite",
+                                                            _eval_pairs(cfg, 1), 0)
+        row["ptq_parity"] = ptq["parity"].get("tflite")
+        result["variants"][label] = row
+        save_json(result, settings.out / "enhance.json")
+    return result
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench-runs")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dped")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    run(BenchSettings(Path(a.out), a.quick, dped=a.dped))

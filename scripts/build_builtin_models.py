@@ -1,0 +1,132 @@
+"""Train (or resume) the built-in models, install them in src/quantir/assets, and measure them.
+
+    python scripts/build_builtin_models.py            # make builtin
+
+1. ``quantir train configs/builtin_sr_x3.yaml --out runs/builtin_sr`` and the same for
+   ``configs/builtin_enhance.yaml`` (resumed if a run directory exists);
+2. re-exports each run's QAT checkpoint (``quantir export``, scales as learned, parity checked) and
+   copies the INT8 TFLite + ONNX, parity report, model card, resolved config and QAT checkpoint into
+   ``src/quantir/assets/{sr_x3,enhance}``;
+3. evaluates the shipped TFLite files on the evaluation photos (SR vs bicubic, enhancement vs the
+   degraded input), times the torch-free CLI start-up and upscales a 6000x4000 photo, writing
+   ``src/quantir/assets/builtin_results.json`` (read by benchmarks/report.py for BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from quantir.data.datasets import enhance_pairs, sr_pairs  # noqa: E402
+from quantir.evaluate.evaluate import bicubic_predictor, evaluate, format_table, identity_predictor  # noqa: E402
+from quantir.export.runtime import load_runtime  # noqa: E402
+
+ASSETS = ROOT / "src" / "quantir" / "assets"
+BUILDS = {"sr_x3": ("configs/builtin_sr_x3.yaml", "runs/builtin_sr"),
+          "enhance": ("configs/builtin_enhance.yaml", "runs/builtin_enhance")}
+EVAL = ROOT / "data" / "samples" / "eval"
+QUANTIR = [sys.executable, "-m", "quantir"]
+
+
+def train(config: str, run_dir: str) -> None:
+    cmd = QUANTIR + ["train", config, "--out", run_dir, "--quiet"]
+    if (ROOT / run_dir / "state.json").is_file():
+        cmd.append("--resume")
+    if (ROOT / run_dir / "results.json").is_file():
+        return
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def install(name: str, config: str, run_dir: str) -> None:
+    """Re-export the run's QAT checkpoint with the current code (parity checked) and copy it in."""
+    src, dst = ROOT / run_dir, ASSETS / name
+    dst.mkdir(parents=True, exist_ok=True)
+    subprocess.run(QUANTIR + ["export", run_dir, "--out", f"{run_dir}/export", "--parity-data", str(EVAL)],
+                   check=True, cwd=ROOT)
+    for f in ("model_int8.tflite", "model_int8.onnx", "parity.json"):
+        shutil.copy2(src / "export" / f, dst / f)
+    shutil.copy2(src / "config.yaml", dst / "config.yaml")
+    shutil.copy2(src / "checkpoints" / "qat_final.pt", dst / "qat_final.pt")
+    card = (src / "export" / "model_card.md").read_text()
+    card += (f"\n## How this built-in model was made\n\nTrained by quantir's own pipeline on the sample photos "
+             f"(training split only):\n\n```\nquantir data fetch samples --out data/samples --sets train train-ext "
+             f"eval\nquantir train {config} --out {run_dir}\n```\n\n(or `make builtin`, which runs "
+             f"scripts/build_builtin_models.py). Resolved config: config.yaml next to this card.\n")
+    (dst / "model_card.md").write_text(card)
+
+
+def measure() -> dict:
+    rows_sr, rows_en = {}, {}
+    sr = sr_pairs(EVAL, 3)
+    rows_sr["bicubic"] = evaluate(bicubic_predictor(3), sr, 3)
+    rows_sr["built-in x3 (INT8 TFLite)"] = evaluate(load_runtime(ASSETS / "sr_x3" / "model_int8.tflite").run, sr, 3)
+    en = enhance_pairs(EVAL, seed=0)
+    rows_en["degraded input"] = evaluate(identity_predictor(), en, 0)
+    rows_en["built-in enhancer (INT8 TFLite)"] = evaluate(
+        load_runtime(ASSETS / "enhance" / "model_int8.tflite").run, en, 0)
+    strip = lambda rows: {k: {m: v for m, v in r.items() if m != "per_image"} for k, r in rows.items()}
+    return {"sr": strip(rows_sr), "enhance": strip(rows_en)}
+
+
+def startup_and_large_photo(tmp: Path) -> dict:
+    from PIL import Image
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    small = tmp / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(small)
+    probe = ("import sys, time; t0 = time.perf_counter(); from quantir.cli import main;"
+             f"rc = main(['upscale', {str(small)!r}, '-o', {str(tmp / 'small_x3.png')!r}, '--overwrite', '--quiet']);"
+             "print(time.perf_counter() - t0, 'torch' in sys.modules)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    wall = time.perf_counter() - t0
+    in_process, torch_loaded = out.stdout.split()
+    # 24-megapixel photo: tiles keep memory bounded
+    big = tmp / "big.jpg"
+    y, x = np.mgrid[0:4000, 0:6000]
+    img = np.stack([(x * 7 + y * 3) % 256, (x ^ y) % 256, (x * y // 97) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(img).save(big, quality=90)
+    del img
+    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(QUANTIR + ["upscale", str(big), "-o", str(tmp / "big_x3.png"), "--overwrite", "--quiet"],
+                   check=True, cwd=ROOT)
+    big_s = time.perf_counter() - t0
+    peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    with Image.open(tmp / "big_x3.png") as im:
+        size = im.size
+    return {"cli_wall_s": wall, "in_process_s": float(in_process), "torch_imported": torch_loaded == "True",
+            "big_photo": "6000x4000 JPEG", "big_output": list(size), "big_seconds": big_s, "big_peak_rss_mb": peak_mb}
+
+
+def main() -> None:
+    for name, (config, run_dir) in BUILDS.items():
+        train(config, run_dir)
+        install(name, config, run_dir)
+    res = measure()
+    perf = startup_and_large_photo(ROOT / "runs" / "builtin_check")
+    table = ["x3 super-resolution, 16 evaluation photos:", "", format_table(res["sr"], baseline="bicubic"), "",
+             "Enhancement, the same photos with the synthetic phone degradation (seed 0):", "",
+             format_table(res["enhance"], baseline="degraded input"), "",
+             f"Inference-only start-up: `quantir upscale` of a 64x64 PNG takes {perf['cli_wall_s']:.2f} s wall "
+             f"({perf['in_process_s']:.2f} s inside Python); torch imported: {perf['torch_imported']}. "
+             f"A 6000x4000 JPEG upscales to {perf['big_output'][0]}x{perf['big_output'][1]} in "
+             f"{perf['big_seconds']:.0f} s with {perf['big_peak_rss_mb']:.0f} MB peak memory (2 threads, tiles of 256)."]
+    result = {"command": "make builtin  (python scripts/build_builtin_models.py)", "table": table, **res, "perf": perf}
+    (ASSETS / "builtin_results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
