@@ -80,7 +80,12 @@ def run_training(cfg: TrainConfig, run_dir: Path, init: str | None = None) -> di
             print(f"  reusing {run_dir}", flush=True)
             return json.loads(results.read_text())
     print(f"  training {run_dir.name} ...", flush=True)
-    train(cfg, run_dir, init=init, progress=False)
+    from quantir.errors import ModelFileError
+
+    try:
+        train(cfg, run_dir, init=init, progress=False)
+    except ModelFileError as err:  # export refused: the run's results.json records why
+        print(f"  {err}", flush=True)
     return json.loads(results.read_text())
 
 

@@ -57,15 +57,20 @@ def odm_table(odm: dict) -> list[str]:
 def enhance_table(enh: dict) -> list[str]:
     lines = ["| variant | input | FP32 | PTQ TFLite | QAT fake-quant | QAT TFLite | TFLite all int8 | "
              "max LSB vs fake-quant | tanh skip levels |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    errors = []
     for label, r in enh["variants"].items():
         par = r.get("parity") or {}
         tfl = r.get("INT8 TFLite (QAT)") or {}
+        ptq = r.get("INT8 TFLite (PTQ percentile)") or {}
         non = par.get("non_int8_ops") or []
+        int8 = "export refused (1)" if r.get("export_error") else \
+            ("yes" if par.get("all_int8") else "no (" + ", ".join(non[:6]) + ")")
+        if r.get("export_error") and not errors:
+            errors.append(f"(1) litert-torch refused the conversion: `{r['export_error'][:300]}`")
         lines.append(f"| {label} | {_f(r['input']['psnr_rgb'])} | {_f(r['FP32']['psnr_rgb'])} | "
-                     f"{_f(r['INT8 TFLite (PTQ percentile)']['psnr_rgb'])} | "
-                     f"{_f(r['INT8 fake-quant (QAT)']['psnr_rgb'])} | {_f(tfl.get('psnr_rgb'))} | "
-                     f"{'yes' if par.get('all_int8') else 'no (' + ', '.join(non[:6]) + ')'} | "
-                     f"{par.get('max_lsb', '-')} | {r['tanh_concat_levels']} |")
+                     f"{_f(ptq.get('psnr_rgb'))} | {_f(r['INT8 fake-quant (QAT)']['psnr_rgb'])} | "
+                     f"{_f(tfl.get('psnr_rgb'))} | {int8} | {par.get('max_lsb', '-')} | {r['tanh_concat_levels']} |")
+    lines += [""] + errors
     p = enh["paper_dped"]
     lines += ["", f"Paper (DPED, c=32): FP32 {p['FP32']} dB -> INT8 QAT {p['INT8 QAT']} dB (-{p['FP32'] - p['INT8 QAT']:.3f});"
               f" INT8 PTQ {p['INT8 PTQ']} dB.", ""]

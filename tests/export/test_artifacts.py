@@ -89,9 +89,11 @@ def test_artifacts_exist_all_int8_and_within_one_lsb(exported):
         r = parity[backend]
         assert r["io_dtype"] == "int8 -> int8"
         if backend == "onnx" and qmodel.info.task == "enhance":
-            # onnxruntime runs most U-Net convs in float between DQ and Q (its QDQ fuser leaves
-            # them), so a rare level flip compounds through 30 layers; BENCHMARKS.md table 5.
-            assert r["psnr_vs_fakequant_db"] > 60 and r["frac_off"] < 0.01, (backend, r)
+            # The fake-quant model reproduces XNNPACK's integer kernels (TFLite is exact). onnxruntime
+            # rounds int8 ADD ties half-to-even (XNNPACK: half up) and runs most U-Net convs in
+            # float between DQ and Q, so single-level differences appear and compound through 30
+            # layers; BENCHMARKS.md table 5 reports them.
+            assert r["psnr_vs_fakequant_db"] > 60 and r["max_lsb"] <= 4, (backend, r)
         else:
             assert r["max_lsb"] <= 1, (backend, r)
     assert parity["tflite"]["all_int8"] and parity["tflite"]["non_int8_ops"] == []

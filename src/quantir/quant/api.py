@@ -136,7 +136,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
     quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=-128))
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
     if config.exact_conv:
-        emulate_integer_convs(graph)
+        emulate_integer_convs(graph, elementwise=config.exportable)
     qmodel = QuantizedModel(graph, info, config, quantizer)
     qmodel.source_model_name = getattr(model, "model_name", None)
     qmodel.source_model_cfg = getattr(model, "model_cfg", None)
@@ -244,7 +244,7 @@ def convert(qmodel: QuantizedModel, example: torch.Tensor | None = None) -> Quan
     graph = export_graph
     if qmodel.config.exact_conv:
         graph = copy.deepcopy(export_graph)
-        emulate_integer_convs_converted(graph)
+        emulate_integer_convs_converted(graph, elementwise=qmodel.config.exportable)
     out = QuantizedModel(graph, qmodel.info, qmodel.config, qmodel.quantizer, converted=True,
                          export_graph=export_graph)
     out.source_model_name = getattr(qmodel, "source_model_name", None)

@@ -1,4 +1,4 @@
-"""Integer-exact convolutions in the fake-quant (and converted) PyTorch graph.
+"""Integer-exact int8 kernels in the fake-quant (and converted) PyTorch graph.
 
 A float32 convolution over dequantized values rounds every product and partial sum, while int8
 kernels accumulate exact int32 sums, add an int32 bias and requantize once. Near a rounding
@@ -10,10 +10,16 @@ weight, convolves those in float32 (exact while every partial sum is an integer 
 convs use float64), adds the bias rounded to its int32 grid (scale s_in * s_w, as TFLite/ONNX store it) and
 applies s_in * s_w once. Gradients are those of the plain convolution (straight-through).
 
-``emulate_integer_convs`` rewrites a prepared (fake-quant) graph to use it; ``restore_convs``
+Element-wise ADD and MUL get the same treatment: XNNPACK adds with 20-bit fixed-point multipliers
+and rounds half up, so a sum that lands on x.5 (common when two scales have a simple ratio) rounds
+differently from PyTorch's round-half-even; ``exact_add`` / ``exact_mul`` reproduce the kernels'
+integer arithmetic. While the graph is still observing ranges (calibration), every exact op
+falls back to its float op.
+
+``emulate_integer_convs`` rewrites a prepared (fake-quant) graph to use them; ``restore_convs``
 undoes that before ``convert_pt2e`` (whose pattern matching and the TFLite lowering want plain
-convs); ``emulate_integer_convs_converted`` rewrites a converted graph the same way, so the
-PyTorch integer reference stays bit-exact with the fake-quant model.
+ops); ``emulate_integer_convs_converted`` rewrites a converted graph the same way, so the PyTorch
+integer reference stays bit-exact with the fake-quant model.
 """
 
 from __future__ import annotations
@@ -26,6 +32,24 @@ aten = torch.ops.aten
 _qd = torch.ops.quantized_decomposed
 _CONV_DEFAULTS = ([1, 1], [0, 0], [1, 1], 1)
 _FLOAT32_EXACT_TERMS = (2**24) // (255 * 127)  # below this, float32 sums of int8 products stay integers
+_EPS = 2**-12
+
+
+def _f32(v) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+
+
+def _scale(v) -> torch.Tensor:
+    """A per-tensor scale as the fake quantizers use it (clamped like their forward does)."""
+    return torch.clamp(_f32(v).reshape(()), min=_EPS)
+
+
+def _zp(v) -> torch.Tensor:
+    return torch.clamp(torch.round(torch.as_tensor(v, dtype=torch.float32).reshape(())), -128, 127)
+
+
+def _observing(flags) -> bool:
+    return any(bool(f.reshape(-1)[0]) for f in flags)
 
 
 def _conv_args(node: Node):
@@ -40,8 +64,8 @@ class _ExactConv(torch.autograd.Function):
     def forward(ctx, a, w, b, s_in, s_w, s_out, stride, padding, dilation, groups):
         ctx.save_for_backward(a, w)
         ctx.conf = (stride, padding, dilation, groups, b is not None)
-        s_in = torch.clamp(torch.as_tensor(s_in, dtype=torch.float32).reshape(()), min=2**-12)
-        s_w = torch.as_tensor(s_w, dtype=torch.float32).reshape(-1)
+        s_in = _scale(s_in)
+        s_w = _f32(s_w)
         a_int = torch.round(a / s_in)
         w_int = torch.round(w / s_w.view(-1, 1, 1, 1))
         if w[0].numel() > _FLOAT32_EXACT_TERMS:  # wide convs: accumulate in float64, still exact
@@ -55,7 +79,7 @@ class _ExactConv(torch.autograd.Function):
         # Requantize as XNNPACK and onnxruntime do: one float32 multiplier (s_in * s_w) / s_out
         # applied to the int32 accumulator, rounded half to even; the output fake-quant then
         # finds the value exactly on its grid.
-        s_out = torch.clamp(torch.as_tensor(s_out, dtype=torch.float32).reshape(()), min=2**-12)
+        s_out = _scale(s_out)
         return torch.round(acc * (scale / s_out)) * s_out
 
     @staticmethod
@@ -72,17 +96,66 @@ class _ExactConv(torch.autograd.Function):
         return ga, gw, gb, None, None, None, None, None, None, None
 
 
-def exact_conv2d(a, w, b, s_in, s_w, s_out=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+def exact_conv2d(a, w, b, s_in, s_w, s_out=None, flags=(), stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                 groups=1):
     """conv2d of on-grid activations ``a`` (scale ``s_in``) and weights ``w`` (scales ``s_w``), integer-exact.
 
     With ``s_out`` (the scale of the fake quantizer that follows), the result is requantized the
     way the int8 kernels do it, so the following quantization reproduces their rounding.
     """
+    if _observing(flags):
+        return F.conv2d(a, w, b, list(stride), list(padding), list(dilation), int(groups))
     return _ExactConv.apply(a, w, b, s_in, s_w, s_out, list(stride), list(padding), list(dilation), int(groups))
 
 
+def _grid(x, scale, zp) -> torch.Tensor:
+    return (torch.round(x / _scale(scale)) + _zp(zp)).to(torch.int64)
+
+
+def exact_add(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
+    """int8 ADD as XNNPACK computes it: 20-bit fixed-point multipliers, round half up, saturate."""
+    plain = a + b
+    if _observing(flags):
+        return plain
+    with torch.no_grad():
+        s_o = _scale(s_out)
+        ra, rb = _scale(s_a) / s_o, _scale(s_b) / s_o
+        _, exp = torch.frexp(torch.maximum(ra, rb))  # max = m * 2^exp, m in [0.5, 1)
+        shift = int(21 - exp)  # XNNPACK: 20 - (IEEE exponent), IEEE exponent = exp - 1
+        ma = int(torch.round(ra * 2.0**shift))
+        mb = int(torch.round(rb * 2.0**shift))
+        za, zb, zo = int(_zp(z_a)), int(_zp(z_b)), int(_zp(z_out))
+        acc = _grid(a, s_a, z_a) * ma + _grid(b, s_b, z_b) * mb + ((1 << (shift - 1)) - ma * za - mb * zb)
+        q = torch.clamp(torch.div(acc, 1 << shift, rounding_mode="floor") + zo, -128, 127)
+        y = (q - zo).float() * s_o
+    return plain + (y - plain).detach()
+
+
+def exact_mul(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
+    """int8 MUL as XNNPACK computes it: exact integer product, one float32 multiplier, round half even."""
+    plain = a * b
+    if _observing(flags):
+        return plain
+    with torch.no_grad():
+        s_o = _scale(s_out)
+        scale = (_scale(s_a) * _scale(s_b)) / s_o
+        za, zb, zo = _zp(z_a), _zp(z_b), _zp(z_out)
+        prod = ((_grid(a, s_a, z_a) - za.long()) * (_grid(b, s_b, z_b) - zb.long())).float()
+        q = torch.clamp(torch.round(prod * scale) + zo, -128, 127)
+        y = (q - zo) * s_o
+    return plain + (y - plain).detach()
+
+
+_ELEMENTWISE = {aten.add.Tensor: exact_add, aten.mul.Tensor: exact_mul}
+_ORIGINAL = {exact_add: aten.add.Tensor, exact_mul: aten.mul.Tensor}
+
+
+def _module(gm: GraphModule, node: Node):
+    return gm.get_submodule(node.target) if isinstance(node, Node) and node.op == "call_module" else None
+
+
 def _output_quantizer(node: Node, is_quant) -> Node | None:
-    """The node that quantizes this conv's output, directly or after a fused ReLU."""
+    """The node that quantizes this op's output, directly or after a fused ReLU."""
     users = list(node.users)
     if len(users) == 1 and users[0].op == "call_function" and users[0].target in (aten.relu.default,
                                                                                   aten.relu_.default):
@@ -90,79 +163,110 @@ def _output_quantizer(node: Node, is_quant) -> Node | None:
     return users[0] if len(users) == 1 and is_quant(users[0]) else None
 
 
-def _module(gm: GraphModule, node: Node):
-    return gm.get_submodule(node.target) if isinstance(node, Node) and node.op == "call_module" else None
-
-
-def _swap(gm: GraphModule, node: Node, args: tuple) -> None:
+def _swap(gm: GraphModule, node: Node, target, args: tuple) -> None:
     with gm.graph.inserting_before(node):
-        new = gm.graph.call_function(exact_conv2d, args)
+        new = gm.graph.call_function(target, args)
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
 
 
-def emulate_integer_convs(gm: GraphModule) -> int:
-    """Rewrite conv2d(FQ_act(x), FQ_w(w), b) in a prepared graph to ``exact_conv2d``; returns the count."""
-    from quantir.quant.fake_quant import WeightFakeQuantize
+def emulate_integer_convs(gm: GraphModule, elementwise: bool = True) -> int:
+    """Rewrite conv2d / add / mul between fake quantizers to their exact forms; returns the count.
+
+    ``elementwise=False`` keeps add/mul as they are (low-bit simulations: no int8 kernel to match).
+    """
+    from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize
+
+    def is_act_quant(u):
+        m = _module(gm, u)
+        return m is not None and hasattr(m, "scale") and not isinstance(m, WeightFakeQuantize)
+
+    def attr(node, name):
+        return gm.graph.get_attr(f"{node.target}.{name}")
 
     count = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target != aten.conv2d.default:
+        if node.op != "call_function":
             continue
-        act, weight = node.args[0], node.args[1]
-        act_fq, w_fq = _module(gm, act), _module(gm, weight)
-        if act_fq is None or not isinstance(w_fq, WeightFakeQuantize) or not hasattr(act_fq, "scale"):
-            continue
-        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        out_q = _output_quantizer(node, lambda u: u.op == "call_module" and hasattr(_module(gm, u), "scale")
-                                  and not isinstance(_module(gm, u), WeightFakeQuantize))
-        with gm.graph.inserting_before(node):
-            s_in = gm.graph.get_attr(f"{act.target}.scale")
-            s_w = gm.graph.get_attr(f"{weight.target}.scale")
-            s_out = gm.graph.get_attr(f"{out_q.target}.scale") if out_q is not None else None
-        _swap(gm, node, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
-        count += 1
+        if node.target == aten.conv2d.default:
+            act, weight = node.args[0], node.args[1]
+            if not is_act_quant(act) or not isinstance(_module(gm, weight), WeightFakeQuantize):
+                continue
+            out_q = _output_quantizer(node, is_act_quant)
+            bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            with gm.graph.inserting_before(node):
+                flags = tuple(attr(n, "observer_enabled") for n in (act, out_q)
+                              if n is not None and isinstance(_module(gm, n), ActFakeQuantize))
+                args = (act, weight, bias, attr(act, "scale"), attr(weight, "scale"),
+                        attr(out_q, "scale") if out_q is not None else None, flags)
+            _swap(gm, node, exact_conv2d, args + _conv_args(node))
+            count += 1
+        elif elementwise and node.target in _ELEMENTWISE and len(node.args) == 2:
+            a, b = node.args
+            out_q = _output_quantizer(node, is_act_quant)
+            if not (is_act_quant(a) and is_act_quant(b) and out_q is not None):
+                continue
+            with gm.graph.inserting_before(node):
+                flags = tuple(attr(n, "observer_enabled") for n in (a, b, out_q)
+                              if isinstance(_module(gm, n), ActFakeQuantize))
+                args = (a, b, attr(a, "scale"), attr(a, "zero_point"), attr(b, "scale"), attr(b, "zero_point"),
+                        attr(out_q, "scale"), attr(out_q, "zero_point"), flags)
+            _swap(gm, node, _ELEMENTWISE[node.target], args)
+            count += 1
     gm.graph.lint()
     gm.recompile()
     return count
 
 
 def restore_convs(gm: GraphModule) -> None:
-    """Undo ``emulate_integer_convs`` (plain aten.conv2d again, as convert_pt2e expects)."""
+    """Undo ``emulate_integer_convs`` (plain aten ops again, as convert_pt2e expects)."""
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is exact_conv2d:
-            a, w, b, _, _, _, stride, padding, dilation, groups = node.args
-            with gm.graph.inserting_before(node):
-                conv = gm.graph.call_function(aten.conv2d.default, (a, w, b, stride, padding, dilation, groups))
-            conv.meta = dict(node.meta)
-            extra = [a for a in node.args[3:6] if isinstance(a, Node)]
-            node.replace_all_uses_with(conv)
-            gm.graph.erase_node(node)
-            for n in extra:
-                if not n.users:
-                    gm.graph.erase_node(n)
+        if node.op != "call_function":
+            continue
+        if node.target is exact_conv2d:
+            a, w, b, *_, stride, padding, dilation, groups = node.args
+            target, args = aten.conv2d.default, (a, w, b, stride, padding, dilation, groups)
+        elif node.target in _ORIGINAL:
+            target, args = _ORIGINAL[node.target], node.args[:2]
+        else:
+            continue
+        extra = [n for n in node.args[2:] if isinstance(n, Node)] + \
+            [n for t in node.args if isinstance(t, tuple) for n in t if isinstance(n, Node)]
+        _swap(gm, node, target, args)
+        for n in extra:
+            if not n.users:
+                gm.graph.erase_node(n)
     gm.graph.lint()
     gm.recompile()
 
 
-def emulate_integer_convs_converted(gm: GraphModule) -> int:
-    """Same rewrite on a converted graph: conv2d(dequant(q_a), dequant(q_w), b) -> ``exact_conv2d``."""
+def emulate_integer_convs_converted(gm: GraphModule, elementwise: bool = True) -> int:
+    """Same rewrite on a converted graph, with the qparams from its quantize/dequantize nodes."""
     dq_t = {_qd.dequantize_per_tensor.default}
     dq_c = {_qd.dequantize_per_channel.default}
+    is_q = lambda u: u.op == "call_function" and u.target == _qd.quantize_per_tensor.default  # noqa: E731
+    is_dq = lambda n: isinstance(n, Node) and n.target in dq_t  # noqa: E731
     count = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target != aten.conv2d.default:
+        if node.op != "call_function":
             continue
-        act, weight = node.args[0], node.args[1]
-        if not (isinstance(act, Node) and act.target in dq_t and isinstance(weight, Node) and weight.target in dq_c):
-            continue
-        bias = node.args[2] if len(node.args) > 2 else None
-        s_in, s_w = act.args[1], weight.args[1]
-        out_q = _output_quantizer(node, lambda u: u.target == _qd.quantize_per_tensor.default)
-        s_out = out_q.args[1] if out_q is not None else None
-        _swap(gm, node, (act, weight, bias, s_in, s_w, s_out) + _conv_args(node))
-        count += 1
+        out_q = _output_quantizer(node, is_q)
+        if node.target == aten.conv2d.default:
+            act, weight = node.args[0], node.args[1]
+            if not (is_dq(act) and isinstance(weight, Node) and weight.target in dq_c):
+                continue
+            bias = node.args[2] if len(node.args) > 2 else None
+            s_out = out_q.args[1] if out_q is not None else None
+            _swap(gm, node, exact_conv2d, (act, weight, bias, act.args[1], weight.args[1], s_out, ()) + _conv_args(node))
+            count += 1
+        elif elementwise and node.target in _ELEMENTWISE and len(node.args) == 2:
+            a, b = node.args
+            if not (is_dq(a) and is_dq(b) and out_q is not None):
+                continue
+            args = (a, b, a.args[1], a.args[2], b.args[1], b.args[2], out_q.args[1], out_q.args[2], ())
+            _swap(gm, node, _ELEMENTWISE[node.target], args)
+            count += 1
     gm.graph.lint()
     gm.recompile()
     return count

@@ -186,6 +186,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
 
         result.update(timed("export_eval", lambda: finish_run(cfg, run_dir, deploy, qmodel, splits, metrics,
                                                               state.data, command, progress)))
+        if result.get("export_error"):
+            from quantir.errors import ModelFileError
+
+            raise ModelFileError(f"INT8 export failed (training and evaluation results are in {run_dir}): "
+                                 f"{result['export_error']}")
         state.data["timings"] = timings
         atomic_write_text(run_dir / "state.json", json.dumps(state.data, indent=2))
     ctx_dist.barrier()

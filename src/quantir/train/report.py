@@ -21,7 +21,7 @@ def _torch_predictor(model):
 def finish_run(cfg: TrainConfig, run_dir: Path, deploy, qmodel, splits, metrics, state: dict,
                command: str | None, progress: bool) -> dict:
     log = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
-    export_info = {}
+    export_info, export_error = {}, None
     if cfg.export.enabled and qmodel is not None:
         from quantir.export.api import ExportOptions, export_artifacts
 
@@ -30,9 +30,13 @@ def finish_run(cfg: TrainConfig, run_dir: Path, deploy, qmodel, splits, metrics,
         if splits.eval is not None:
             n = len(splits.eval) if cfg.export.parity_limit is None else min(cfg.export.parity_limit, len(splits.eval))
             images = [splits.eval[i].input for i in range(n)]
-        export_info = export_artifacts(qmodel, deploy, run_dir / "export",
-                                       ExportOptions(formats=cfg.export.formats, shape=cfg.export.shape),
-                                       parity_images=images, config=cfg, command=command)
+        try:
+            export_info = export_artifacts(qmodel, deploy, run_dir / "export",
+                                           ExportOptions(formats=cfg.export.formats, shape=cfg.export.shape),
+                                           parity_images=images, config=cfg, command=command)
+        except (ValueError, RuntimeError) as err:  # a converter refusal is a result worth reporting
+            export_error = " ".join(str(err).split())[:400]
+            log(f"export failed: {export_error}")
     rows = {}
     if splits.eval is not None and len(splits.eval):
         border = cfg.sr_scale if cfg.task == "sr" else 0
@@ -49,7 +53,8 @@ def finish_run(cfg: TrainConfig, run_dir: Path, deploy, qmodel, splits, metrics,
         for label, fn in candidates:
             rows[label] = {k: v for k, v in evaluate(fn, splits.eval, border, progress=progress, desc=label).items()
                            if k != "per_image"}
-    results = {"eval": rows, "parity": export_info.get("parity", {}), "timings_s": state.get("timings", {})}
+    results = {"eval": rows, "parity": export_info.get("parity", {}), "timings_s": state.get("timings", {}),
+               "export_error": export_error}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     write_report(cfg, run_dir, results, command)
@@ -79,6 +84,8 @@ def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | 
         if "INT8 TFLite" in rows and "INT8 fake-quant" in rows:
             gap = rows["INT8 TFLite"]["psnr_rgb"] - rows["INT8 fake-quant"]["psnr_rgb"]
             lines += [f"INT8 TFLite vs fake-quant: {gap:+.4f} dB.", ""]
+    if results.get("export_error"):
+        lines += ["## Export failed", "", f"The INT8 conversion was refused: `{results['export_error']}`", ""]
     if results["parity"]:
         lines += ["## Parity of the artifacts with the fake-quant model", "", format_parity(results["parity"]), ""]
     if (run_dir / "curves.png").is_file():
