@@ -15,10 +15,7 @@ def reparameterize_model(model: nn.Module) -> nn.Module:
     for module in list(fused.modules()):
         if hasattr(module, "reparameterize") and module is not fused:
             module.reparameterize()
-    if hasattr(fused, "model_cfg") and hasattr(fused.model_cfg, "deploy"):
-        import dataclasses
-
-        fused.model_cfg = dataclasses.replace(fused.model_cfg, deploy=True)
+    fused.reparameterized = True
     return fused.eval()
 
 

@@ -35,6 +35,7 @@ def load(path: str | Path) -> dict:
 
 def float_record(model: torch.nn.Module, **extra) -> dict:
     return {"kind": "float", "model_name": model.model_name, "model_cfg": to_dict(model.model_cfg),
+            "reparameterized": bool(getattr(model, "reparameterized", False)),
             "state_dict": model.state_dict(), **extra}
 
 
@@ -46,9 +47,11 @@ def qat_record(qmodel, example_hw: tuple[int, int], float_model: torch.nn.Module
 
 
 def build_float(record: dict) -> torch.nn.Module:
-    from quantir.models import create_model
+    from quantir.models import create_model, reparameterize_model
 
     model = create_model(record["model_name"], **record["model_cfg"])
+    if record.get("reparameterized"):  # fused blocks have a different structure: fuse before loading
+        model = reparameterize_model(model)
     model.load_state_dict(record["state_dict"])
     return model.eval()
 
