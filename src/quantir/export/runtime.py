@@ -86,8 +86,11 @@ class TFLiteRuntime(Runtime):
         super().__init__(path, meta)
         from ai_edge_litert.interpreter import Interpreter
 
+        from quantir.utils import silence_stderr
+
         try:
-            self.interpreter = Interpreter(model_content=data, num_threads=threads)
+            with silence_stderr():  # the runtime logs "Created TensorFlow Lite XNNPACK delegate" on stderr
+                self.interpreter = Interpreter(model_content=data, num_threads=threads)
         except (ValueError, RuntimeError) as err:
             raise ModelFileError(f"{path}: not a valid TFLite model ({str(err).splitlines()[0]})") from None
         inp = self.interpreter.get_input_details()[0]
@@ -101,12 +104,13 @@ class TFLiteRuntime(Runtime):
         self._shape = None
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        if self.fixed_hw is None and self._shape != x.shape:
-            self.interpreter.resize_tensor_input(self.in_index, list(x.shape))
-            self.interpreter.allocate_tensors()
-            self._shape = x.shape
-        elif self._shape is None:
-            self.interpreter.allocate_tensors()
+        if self._shape != x.shape:
+            from quantir.utils import silence_stderr
+
+            with silence_stderr():
+                if self.fixed_hw is None:
+                    self.interpreter.resize_tensor_input(self.in_index, list(x.shape))
+                self.interpreter.allocate_tensors()
             self._shape = x.shape
         self.interpreter.set_tensor(self.in_index, x)
         self.interpreter.invoke()

@@ -47,6 +47,7 @@ CLAMP_OPS = {aten.clamp.default, aten.hardtanh.default}
 UNARY_OPS = {aten.leaky_relu.default, aten.instance_norm.default, aten.gelu.default, aten.hardswish.default}
 FIXED_QPARAMS = {aten.tanh.default: (1.0 / 128.0, 0), aten.sigmoid.default: (1.0 / 256.0, -128)}
 CAT_OPS = {aten.cat.default, aten.concat.default}
+BINARY_SHARED = {aten.minimum.default, aten.maximum.default}  # TFLite MINIMUM/MAXIMUM: one scale for all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,12 @@ class FullIntQuantizer(Quantizer):
                 self._annotate_compute(n, out_spec)
             elif n.target in CAT_OPS:
                 self._annotate_cat(n, out_spec)
+            elif n.target in BINARY_SHARED:
+                x, other = n.args[0], n.args[1]
+                inputs = {x: self._input_spec(x)}
+                if _is_tensor_node(other):
+                    inputs[other] = SharedQuantizationSpec((x, n))
+                _mark(n, inputs, SharedQuantizationSpec((x, n)))
             elif n.target in UNARY_OPS:
                 inp = n.args[0]
                 _mark(n, {inp: self._input_spec(inp)}, out_spec or self.act_spec)
