@@ -25,8 +25,27 @@ VARIANTS = {
     "(e) WCC + cooperative MR (ODM)": {"weight_clip_percentile": 99.0,
                                        "odm": {"mismatch_weight": LAM, "cooperative": True}},
 }
+# The two choices the paper leaves open (docs/papers.md 2.7), each changed alone from row (e) at W4A4.
+CHOICES = {
+    "(e) as default: q(X) detached, per-layer similarity": {},
+    "(e) with the STE through q(X)": {"detach_q": False},
+    "(e) with one similarity for the whole model": {"granularity": "model"},
+}
 PAPER_EDSR_W2A2_SET5 = {"(a) baseline": 29.94, "(b) + cooperative MR": 30.34, "(c) + WCC only": 31.12,
                         "(d) WCC + naive MR": 30.99, "(e) WCC + cooperative MR (ODM)": 31.50}
+
+
+def _qat_base(spec: dict, quant: dict, bits: int, steps: int, patch: int) -> dict:
+    return {
+        "model": spec["model"], "scale": 3, "data": {"patch": patch, "batch": 16},
+        "stage1": {"enabled": False}, "stage2": {"enabled": False},
+        "qat": {"quant": dict(quant, act_bits=bits, weight_bits=bits), "calib_batches": 16,
+                "freeze_ranges_at": 0.9,
+                "train": {"steps": steps, "lr": 1.0e-4, "lr_min": 1.0e-6, "ema": 0.0,
+                          "val_every": max(50, steps // 4), "ckpt_every": max(50, steps // 4),
+                          "loss": {"l1": 1.0, "kd": 0.0}}},
+        "export": {"enabled": False},
+    }
 
 
 def run(settings: BenchSettings) -> dict:
@@ -42,16 +61,7 @@ def run(settings: BenchSettings) -> dict:
             rows = {}
             for label, quant in VARIANTS.items():
                 print(f"[odm] {name} W{bits}A{bits} {label}", flush=True)
-                base = {
-                    "model": spec["model"], "scale": 3, "data": {"patch": patch, "batch": 16},
-                    "stage1": {"enabled": False}, "stage2": {"enabled": False},
-                    "qat": {"quant": dict(quant, act_bits=bits, weight_bits=bits), "calib_batches": 16,
-                            "freeze_ranges_at": 0.9,
-                            "train": {"steps": steps, "lr": 1.0e-4, "lr_min": 1.0e-6, "ema": 0.0,
-                                      "val_every": max(50, steps // 4), "ckpt_every": max(50, steps // 4),
-                                      "loss": {"l1": 1.0, "kd": 0.0}}},
-                    "export": {"enabled": False},
-                }
+                base = _qat_base(spec, quant, bits, steps, patch)
                 slug = label.split(")")[0].strip("(")
                 res = run_training(make_config(settings, "sr", base), settings.out / "odm" / name / f"w{bits}" / slug,
                                    init=deploy)
@@ -60,6 +70,17 @@ def run(settings: BenchSettings) -> dict:
                 rows[label]["bicubic_psnr_rgb"] = res["eval"]["bicubic"]["psnr_rgb"]
             result["models"][name][f"W{bits}A{bits}"] = rows
             save_json(result, settings.out / "odm_ablation.json")
+        choices = {}
+        for label, change in CHOICES.items():
+            print(f"[odm] {name} W4A4 {label}", flush=True)
+            odm = dict(VARIANTS["(e) WCC + cooperative MR (ODM)"]["odm"], **change)
+            quant = dict(VARIANTS["(e) WCC + cooperative MR (ODM)"], odm=odm)
+            run_dir = settings.out / "odm" / name / "w4" / ("e" if not change else "e_" + "_".join(change))
+            res = run_training(make_config(settings, "sr", _qat_base(spec, quant, 4, steps, patch)), run_dir,
+                               init=deploy)
+            choices[label] = res["eval"]["INT8 fake-quant"]
+        result.setdefault("choices_W4A4", {})[name] = choices
+        save_json(result, settings.out / "odm_ablation.json")
     return result
 
 

@@ -51,6 +51,11 @@ def odm_table(odm: dict) -> list[str]:
             checks = paper_order_reproduced(rows)
             lines += ["", "Paper's ordering reproduced? " + "; ".join(f"{k}: {'yes' if v else 'no'}"
                                                                       for k, v in checks.items()), ""]
+    for name, rows in odm.get("choices_W4A4", {}).items():
+        lines += [f"### ODM choices left open by the paper: {name}, W4A4 (row (e), one setting changed)", "",
+                  "| variant | PSNR-RGB | PSNR-Y | SSIM-Y |", "|---|---:|---:|---:|"]
+        lines += [f"| {label} | {_f(r['psnr_rgb'])} | {_f(r['psnr_y'])} | {_f(r['ssim_y'], 4)} |"
+                  for label, r in rows.items()] + [""]
     return lines
 
 
@@ -165,6 +170,8 @@ def write(bench_dir: Path, target: Path, command: str) -> None:
     enh = load_json(bench_dir / "enhance.json")
     speed = load_json(bench_dir / "speed.json")
     builtin = load_json(ROOT / "src" / "quantir" / "assets" / "builtin_results.json")
+    commands = load_json(bench_dir / "commands.json") or {}
+    cmd = lambda part, script: commands.get(part, f"python benchmarks/{script}")  # noqa: E731
     m = (sr or {}).get("machine") or machine()
     plot_dir = ROOT / "docs" / "benchmarks"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -182,21 +189,21 @@ def write(bench_dir: Path, target: Path, command: str) -> None:
                   f"Command: `{builtin['command']}`", ""] + builtin["table"] + [""]
     if sr:
         lines += ["## 1. SR x3: PTQ vs QAT, measured on the exported artifacts", "",
-                  f"Command: `python benchmarks/sr_quant.py{' --quick' if sr['quick'] else ''}` (part of run_all).",
+                  f"Command: `{cmd('sr', 'sr_quant.py')}`.",
                   "PSNR-RGB without border shave (MAI), PSNR-Y/SSIM-Y with a 3-pixel shave.", ""] + sr_tables(sr)
     if odm:
         lines += ["## 2. ODM ablation at low bits (simulation)", "",
-                  f"Command: `python benchmarks/odm_ablation.py{' --quick' if odm['quick'] else ''}`. "
+                  f"Command: `{cmd('odm', 'odm_ablation.py')}`. "
                   f"lambda_M = {odm['lambda_m']}, mismatch on detached q(X), per-layer cooperative similarity. "
                   "Fake-quant PSNR (no low-bit export exists). The paper column is EDSR x4 on Set5, for the "
                   "ordering only.", ""] + odm_table(odm)
     if enh:
         lines += ["## 3. Enhancement: QATIE paper net vs qatie_unet_int8 (synthetic phone degradation)", "",
-                  f"Command: `python benchmarks/enhance.py{' --quick' if enh['quick'] else ''}`. c=16, PSNR-RGB "
+                  f"Command: `{cmd('enhance', 'enhance.py')}`. c=16, PSNR-RGB "
                   "on the degraded evaluation photos (a DPED proxy).", ""] + enhance_table(enh)
     if speed:
-        lines += ["## 4. Speed at 360x640 input, 2 threads", "",
-                  "Command: `python benchmarks/speed.py`. MAI score = 2^(2 PSNR) / (1.16e16 ms) with the table-1 "
+        lines += [f"## 4. Speed at 360x640 input, {speed['threads']} threads", "",
+                  f"Command: `{cmd('speed', 'speed.py')}`. MAI score = 2^(2 PSNR) / (1.16e16 ms) with the table-1 "
                   "INT8 TFLite PSNR (FP32 / ORT rows use their own PSNR).", ""] + speed_table(speed)
     if sr:
         lines += ["## 5. Parity: artifact vs fake-quant model", "",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, BenchSettings
+from common import ROOT, BenchSettings, load_json, save_json
 
 import enhance  # noqa: E402
 import odm_ablation  # noqa: E402
@@ -40,6 +40,8 @@ def main() -> None:
         sys.exit("sample photos missing: run 'quantir data fetch samples --out data/samples' (make samples)")
     torch.set_num_threads(settings.threads)
     parts = args.only or ["sr", "odm", "enhance", "speed"]
+    command = " ".join(["python benchmarks/run_all.py"] + sys.argv[1:])
+    commands = load_json(settings.out / "commands.json") or {}  # which command produced each table
     t0 = time.time()
     for name, fn in (("sr", sr_quant.run), ("odm", odm_ablation.run), ("enhance", enhance.run),
                      ("speed", speed.run)):
@@ -47,8 +49,9 @@ def main() -> None:
             t = time.time()
             print(f"== {name}", flush=True)
             fn(settings)
+            commands[name] = command
+            save_json(commands, settings.out / "commands.json")
             print(f"== {name} done in {time.time() - t:.0f} s", flush=True)
-    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
     target = ROOT / "BENCHMARKS.md" if not args.smoke else settings.out / "BENCHMARKS.smoke.md"
     report.write(settings.out, target, command)
     print(f"all benchmarks: {time.time() - t0:.0f} s")

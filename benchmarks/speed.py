@@ -112,7 +112,7 @@ def training_throughput(settings: BenchSettings) -> dict:
         out[label] = time_steps(q_step)
     out["qat_over_fp32"] = out["qat_ms"] / out["fp32_multibranch_ms"]
     out["qat_odm_over_qat"] = out["qat_odm_ms"] / out["qat_ms"]
-    out["setting"] = "mobileone_sr, 16 x 48x48 LR patches, 2 threads"
+    out["setting"] = f"mobileone_sr, 16 x 48x48 LR patches, {torch.get_num_threads()} threads"
     return out
 
 

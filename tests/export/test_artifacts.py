@@ -88,14 +88,10 @@ def test_artifacts_exist_all_int8_and_within_one_lsb(exported):
     for backend in ("tflite", "onnx"):
         r = parity[backend]
         assert r["io_dtype"] == "int8 -> int8"
-        if backend == "onnx" and qmodel.info.task == "enhance":
-            # The fake-quant model reproduces XNNPACK's integer kernels (TFLite is exact). onnxruntime
-            # rounds int8 ADD ties half-to-even (XNNPACK: half up) and runs most U-Net convs in
-            # float between DQ and Q, so single-level differences appear and compound through 30
-            # layers; BENCHMARKS.md table 5 reports them.
-            assert r["psnr_vs_fakequant_db"] > 60 and r["max_lsb"] <= 4, (backend, r)
-        else:
-            assert r["max_lsb"] <= 1, (backend, r)
+        # TFLite is bit-exact here (the fake-quant model emulates XNNPACK's integer kernels);
+        # onnxruntime runs some U-Net convs in float32 between DQ and Q and rounds ADD ties
+        # half-to-even, so single-level differences are allowed there (BENCHMARKS.md table 5).
+        assert r["max_lsb"] <= 1, (backend, r)
     assert parity["tflite"]["all_int8"] and parity["tflite"]["non_int8_ops"] == []
     assert parity["onnx"]["all_int8"]
     io = tg.io_details(tg.read((out / "model_int8.tflite").read_bytes()))
