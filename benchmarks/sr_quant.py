@@ -22,7 +22,7 @@ from quantir.export.from_checkpoint import calibration_inputs, export_checkpoint
 from quantir.train import checkpoint
 
 MODELS = {
-    "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (600, 32), "stage2": True},
+    "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (1500, 32), "stage2": True},
     "abpn": {"model": "abpn", "fp32_full": (6000, 48), "fp32_quick": (800, 32), "stage2": False},
 }
 QAT_VARIANTS = {

@@ -48,6 +48,15 @@ def train(config: str, run_dir: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def slim_checkpoint(src: Path, dst: Path) -> None:
+    """The torch backend needs the QAT graph only: drop the FP32 reference (half the size)."""
+    import torch
+
+    record = torch.load(src, map_location="cpu", weights_only=False)
+    record.pop("float", None)
+    torch.save(record, dst)
+
+
 def install(name: str, config: str, run_dir: str) -> None:
     """Re-export the run's QAT checkpoint with the current code (parity checked) and copy it in."""
     src, dst = ROOT / run_dir, ASSETS / name
@@ -57,7 +66,7 @@ def install(name: str, config: str, run_dir: str) -> None:
     for f in ("model_int8.tflite", "model_int8.onnx", "parity.json"):
         shutil.copy2(src / "export" / f, dst / f)
     shutil.copy2(src / "config.yaml", dst / "config.yaml")
-    shutil.copy2(src / "checkpoints" / "qat_final.pt", dst / "qat_final.pt")
+    slim_checkpoint(src / "checkpoints" / "qat_final.pt", dst / "qat_final.pt")
     card = (src / "export" / "model_card.md").read_text()
     card += (f"\n## How this built-in model was made\n\nTrained by quantir's own pipeline on the sample photos "
              f"(training split only):\n\n```\nquantir data fetch samples --out data/samples --sets train train-ext "
@@ -91,7 +100,7 @@ def startup_and_large_photo(tmp: Path) -> dict:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     wall = time.perf_counter() - t0
-    in_process, torch_loaded = out.stdout.split()
+    in_process, torch_loaded = out.stdout.strip().splitlines()[-1].split()  # after the CLI's own output
     # 24-megapixel photo: tiles keep memory bounded
     big = tmp / "big.jpg"
     y, x = np.mgrid[0:4000, 0:6000]
@@ -111,9 +120,15 @@ def startup_and_large_photo(tmp: Path) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--measure-only", action="store_true", help="skip training and installing; re-measure the assets")
+    args = ap.parse_args()
     for name, (config, run_dir) in BUILDS.items():
-        train(config, run_dir)
-        install(name, config, run_dir)
+        if not args.measure_only:
+            train(config, run_dir)
+            install(name, config, run_dir)
     res = measure()
     perf = startup_and_large_photo(ROOT / "runs" / "builtin_check")
     table = ["x3 super-resolution, 16 evaluation photos:", "", format_table(res["sr"], baseline="bicubic"), "",

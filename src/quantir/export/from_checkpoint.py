@@ -14,7 +14,7 @@ import yaml
 from quantir.data.datasets import enhance_pairs, sr_pairs
 from quantir.data.io import read_image
 from quantir.data.resize import downscale, mod_crop
-from quantir.errors import ConfigError, DataError
+from quantir.errors import ConfigError, DataError, ModelFileError
 from quantir.export.api import ExportOptions, export_artifacts
 from quantir.quant.config import QuantConfig
 from quantir.quant.observers import RangeMethod
@@ -65,6 +65,9 @@ def export_checkpoint(source: str | Path, out_dir: str | Path | None = None, for
     record = checkpoint.load(checkpoint.resolve(source))
     kind = record.get("kind")
     if kind == "qat":
+        if "float" not in record:
+            raise ModelFileError(f"{source}: an inference-only checkpoint (no FP32 reference); export from "
+                                 "its training run directory instead")
         float_model = checkpoint.build_float(record["float"])
     elif kind == "float":
         float_model = checkpoint.build_float(record)

@@ -17,8 +17,10 @@ field, measured in BENCHMARKS.md):
   onto the wide decoder range of a shared concat scale (17 and 5 levels in the reference TFLite).
 * ``upsample="d2s"``: nearest x2 as concat + depth-to-space, so the dynamic-shape TFLite has no
   baked resize sizes; the exported core needs H, W divisible by 8 (runtimes pad and crop).
-* ``zero_init_head=True``: the net starts as the identity, so the output clamp does not kill
-  early gradients.
+* ``zero_init_head=True`` (default for both nets): the net starts as the identity, so the output
+  clamp does not kill early gradients. Measured on the paper net (c=16, 300 steps, lr 1e-3): with a
+  Kaiming-initialised head the clamp saturates and validation stays at 7-9 dB; zero-initialised,
+  30.0 dB. It changes no parameter count and no deployed op.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class QATIEConfig:
     split_fusion: bool = False
     upsample: str = "resize"  # resize (nearest to the skip's size) | d2s (exact x2, sizes % 8 == 0)
     global_residual: bool = True
-    zero_init_head: bool = False
+    zero_init_head: bool = True
 
     def __post_init__(self):
         from quantir.config import require
