@@ -61,7 +61,8 @@ def install(name: str, config: str, run_dir: str) -> None:
     """Re-export the run's QAT checkpoint with the current code (parity checked) and copy it in."""
     src, dst = ROOT / run_dir, ASSETS / name
     dst.mkdir(parents=True, exist_ok=True)
-    subprocess.run(QUANTIR + ["export", run_dir, "--out", f"{run_dir}/export", "--parity-data", str(EVAL)],
+    subprocess.run(QUANTIR + ["export", run_dir, "--out", f"{run_dir}/export",
+                              "--parity-data", str(EVAL.relative_to(ROOT))],
                    check=True, cwd=ROOT)
     for f in ("model_int8.tflite", "model_int8.onnx", "parity.json"):
         shutil.copy2(src / "export" / f, dst / f)
