@@ -139,7 +139,9 @@ def main() -> None:
              f"({perf['in_process_s']:.2f} s inside Python); torch imported: {perf['torch_imported']}. "
              f"A 6000x4000 JPEG upscales to {perf['big_output'][0]}x{perf['big_output'][1]} in "
              f"{perf['big_seconds']:.0f} s with {perf['big_peak_rss_mb']:.0f} MB peak memory (2 threads, tiles of 256)."]
-    result = {"command": "make builtin  (python scripts/build_builtin_models.py)", "table": table, **res, "perf": perf}
+    command = "python scripts/build_builtin_models.py" + (" --measure-only" if args.measure_only else "")
+    result = {"command": command + "  (make builtin trains, installs and measures)", "table": table, **res,
+              "perf": perf}
     (ASSETS / "builtin_results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print("\n".join(table))
 
