@@ -170,6 +170,44 @@ def plots(sr: dict, speed: dict | None, out_dir: Path) -> list[str]:
     return made
 
 
+def misses(sr: dict | None, odm: dict | None, enh: dict | None, quick: bool) -> list[str]:
+    """Every target this run missed, in plain words (computed from the tables below)."""
+    out = []
+    for name, m in (sr or {}).get("models", {}).items():
+        for label, r in m["rows"].items():
+            if label.startswith("QAT") and r["delta_rgb"] < -QAT_TARGET_DB:
+                out.append(f"{name} {label}: {r['delta_rgb']:+.3f} dB vs FP32 (target -{QAT_TARGET_DB} dB). "
+                           "Weight clipping (WCC) removes real weight range at 8 bits; it is a low-bit tool.")
+        best_ptq = max(v["delta_rgb"] for k, v in m["rows"].items() if k.startswith(("PTQ", "onnx")))
+        best_qat = max(v["delta_rgb"] for k, v in m["rows"].items() if k.startswith("QAT"))
+        if best_ptq > best_qat:
+            out.append(f"{name}: the best PTQ ({best_ptq:+.3f} dB) beats the best QAT ({best_qat:+.3f} dB); this "
+                       "net loses almost nothing to 8-bit PTQ and the short QAT run did not recover anything on top.")
+        for label, par in m["parity"].items():
+            for backend, r in par.items():
+                if isinstance(r, dict) and r.get("max_lsb", 0) > 1:
+                    out.append(f"{name} {label} {backend}: {r['max_lsb']} LSB from fake-quant (target 1); see "
+                               "DEVELOPERS.md 'ONNX: what onnxruntime computes differently'.")
+    for name, by_bits in (odm or {}).get("models", {}).items():
+        for bits, rows in by_bits.items():
+            failed = [k for k, v in paper_order_reproduced(rows).items() if not v]
+            if failed:
+                out.append(f"ODM ordering, {name} {bits}: not reproduced for " + "; ".join(failed) + ".")
+    for label, r in (enh or {}).get("variants", {}).items():
+        if r.get("export_error"):
+            out.append(f"Enhancement '{label}': no INT8 TFLite (litert-torch refuses its concat of tanh branches "
+                       "with wide features, footnote (1)); this is what qatie_unet_int8 fixes.")
+        elif r.get("parity") and r["parity"]["max_lsb"] > 1:
+            out.append(f"Enhancement '{label}': TFLite {r['parity']['max_lsb']} LSB from fake-quant "
+                       f"({100 * r['parity']['frac_off']:.1f} % of values differ): the nearest-resize upsampling "
+                       "path is not bit-exact after conversion (cause not isolated yet); the depth-to-space "
+                       "upsampling of the next row is exact, which is why qatie_unet_int8 uses it.")
+    if quick:
+        out.append("Quick mode: 150-step QAT and 600-1500-step FP32 trainings on 33 photos; full mode "
+                   "(`make bench`, a few hours) has not been run for this file.")
+    return out
+
+
 def write(bench_dir: Path, target: Path, command: str) -> None:
     sr = load_json(bench_dir / "sr_quant.json")
     odm = load_json(bench_dir / "odm_ablation.json")
@@ -192,6 +230,9 @@ def write(bench_dir: Path, target: Path, command: str) -> None:
              "evaluation = the 16 sample `eval` photos (PyPI wheels), never used for training, validation or "
              "calibration. SR inputs are antialiased-bicubic x3 downscales. Pass `--div2k` / `--dped` to "
              "`benchmarks/run_all.py` to run the same tables on DIV2K / DPED.", ""]
+    missed = misses(sr, odm, enh, mode == "quick")
+    if missed:
+        lines += ["## What missed its target", ""] + [f"- {m}" for m in missed] + [""]
     if builtin:
         lines += ["## Built-in models (shipped INT8 TFLite)", "",
                   f"Command: `{builtin['command']}`", ""] + builtin["table"] + [""]
