@@ -47,6 +47,25 @@ class BenchSettings:
         return "sample photos (16 evaluation photos from PyPI wheels)"
 
 
+def standalone(run, *data_flags: str) -> BenchSettings:
+    """Run one benchmark script on its own: --out, --quick, --threads, plus its --div2k / --dped."""
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench-runs")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    for flag in data_flags:
+        ap.add_argument(f"--{flag}")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    settings = BenchSettings(Path(a.out), a.quick, threads=a.threads, **{f: getattr(a, f) for f in data_flags})
+    run(settings)
+    return settings
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:

@@ -9,12 +9,11 @@ their concat (the reference TFLite kept about 17 and 5 of 256).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
-from common import BenchSettings, eval_artifact, make_config, run_training, save_json
+from common import BenchSettings, eval_artifact, make_config, run_training, save_json, standalone
 
 from quantir.export.from_checkpoint import export_checkpoint
 from quantir.train import checkpoint
@@ -97,10 +96,4 @@ def run(settings: BenchSettings) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench-runs")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--dped")
-    a = ap.parse_args()
-    torch.set_num_threads(2)
-    run(BenchSettings(Path(a.out), a.quick, dped=a.dped))
+    standalone(run, "dped")

@@ -8,12 +8,7 @@ stays (pixels are 8-bit). Metric: fake-quant PSNR on the evaluation photos.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-import torch
-
-from common import BenchSettings, load_json, make_config, run_training, save_json
+from common import BenchSettings, load_json, make_config, run_training, save_json, standalone
 from sr_quant import MODELS, fp32_config
 
 LAM = 1.0e-5
@@ -93,10 +88,4 @@ def paper_order_reproduced(rows: dict) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench-runs")
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    torch.set_num_threads(2)
-    run(BenchSettings(Path(a.out), a.quick))
-    print(load_json(Path(a.out) / "odm_ablation.json"))
+    print(load_json(standalone(run).out / "odm_ablation.json"))

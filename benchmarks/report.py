@@ -16,6 +16,14 @@ def _f(v, nd=3):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+PTQ_ROWS = ("PTQ", "onnx")  # row labels of post-training methods (ours and onnxruntime's)
+
+
+def _best(rows: dict, prefixes) -> tuple[float, str]:
+    """(best dPSNR vs FP32, its row label) among rows whose label starts with one of ``prefixes``."""
+    return max((v["delta_rgb"], k) for k, v in rows.items() if k.startswith(prefixes))
+
+
 def sr_tables(sr: dict) -> list[str]:
     lines = []
     for name, m in sr["models"].items():
@@ -27,12 +35,11 @@ def sr_tables(sr: dict) -> list[str]:
                      "onnxruntime quantize_static": "onnxruntime INT8 QDQ"}.get(label, "INT8 TFLite artifact")
             lines.append(f"| {label} | {where} | {_f(r['psnr_rgb'])} | {_f(r['psnr_y'])} | {_f(r['ssim_y'], 4)} | "
                          f"{r['delta_rgb']:+.3f} |")
-        qat = {k: v["delta_rgb"] for k, v in rows.items() if k.startswith("QAT")}
-        best_ptq = max((v["delta_rgb"], k) for k, v in rows.items() if k.startswith("PTQ") or k.startswith("onnx"))
-        met = [k for k, d in qat.items() if d >= -QAT_TARGET_DB]
+        met = [k for k, v in rows.items() if k.startswith("QAT") and v["delta_rgb"] >= -QAT_TARGET_DB]
+        (best_ptq, ptq_label), (best_qat, _) = _best(rows, PTQ_ROWS), _best(rows, ("QAT",))
         lines += ["", f"Target (QAT artifact within {QAT_TARGET_DB} dB of FP32): "
                   + (f"met by {', '.join(met)}." if met else "**missed** by every QAT variant")
-                  + f" Best QAT: {max(qat.values()):+.3f} dB; best PTQ: {best_ptq[0]:+.3f} dB ({best_ptq[1]}).", ""]
+                  + f" Best QAT: {best_qat:+.3f} dB; best PTQ: {best_ptq:+.3f} dB ({ptq_label}).", ""]
     return lines
 
 
@@ -131,7 +138,7 @@ def plots(sr: dict, speed: dict | None, out_dir: Path) -> list[str]:
     for ax, (name, m) in zip(axes[0], sr["models"].items()):
         labels = [k for k in m["rows"] if k not in ("bicubic", "FP32")]
         vals = [m["rows"][k]["delta_rgb"] for k in labels]
-        colors = ["tab:red" if (k.startswith("PTQ") or k.startswith("onnx")) else "tab:green" for k in labels]
+        colors = ["tab:red" if k.startswith(PTQ_ROWS) else "tab:green" for k in labels]
         ax.barh(labels, vals, color=colors)
         ax.axvline(-QAT_TARGET_DB, color="k", ls="--", lw=0.8, label=f"-{QAT_TARGET_DB} dB target")
         ax.set(title=f"{name}: INT8 artifact vs FP32", xlabel="dPSNR-RGB (dB)")
@@ -178,8 +185,7 @@ def misses(sr: dict | None, odm: dict | None, enh: dict | None, quick: bool) -> 
             if label.startswith("QAT") and r["delta_rgb"] < -QAT_TARGET_DB:
                 out.append(f"{name} {label}: {r['delta_rgb']:+.3f} dB vs FP32 (target -{QAT_TARGET_DB} dB). "
                            "Weight clipping (WCC) removes real weight range at 8 bits; it is a low-bit tool.")
-        best_ptq = max(v["delta_rgb"] for k, v in m["rows"].items() if k.startswith(("PTQ", "onnx")))
-        best_qat = max(v["delta_rgb"] for k, v in m["rows"].items() if k.startswith("QAT"))
+        best_ptq, best_qat = _best(m["rows"], PTQ_ROWS)[0], _best(m["rows"], ("QAT",))[0]
         if best_ptq > best_qat:
             out.append(f"{name}: the best PTQ ({best_ptq:+.3f} dB) beats the best QAT ({best_qat:+.3f} dB); this "
                        "net loses almost nothing to 8-bit PTQ and the short QAT run did not recover anything on top.")

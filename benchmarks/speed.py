@@ -6,14 +6,13 @@ model's INT8 TFLite PSNR from table 1. Noise: the machine is shared; read median
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import BenchSettings, load_json, save_json
+from common import BenchSettings, load_json, save_json, standalone
 
 from quantir.evaluate.bench import benchmark, mai_score
 
@@ -128,8 +127,4 @@ def run(settings: BenchSettings) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench-runs")
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    run(BenchSettings(Path(a.out), a.quick))
+    standalone(run)

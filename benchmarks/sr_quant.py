@@ -10,12 +10,9 @@ Calibration always uses training photos; numbers are on the evaluation photos.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import torch
-
-from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, run_training, save_json
+from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, run_training, save_json, standalone
 
 from quantir.data.datasets import sr_pairs
 from quantir.export.from_checkpoint import calibration_inputs, export_checkpoint
@@ -155,10 +152,4 @@ def run(settings: BenchSettings) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench-runs")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--div2k")
-    a = ap.parse_args()
-    torch.set_num_threads(2)
-    run(BenchSettings(Path(a.out), a.quick, a.div2k))
+    standalone(run, "div2k")

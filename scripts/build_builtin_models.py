@@ -39,11 +39,11 @@ QUANTIR = [sys.executable, "-m", "quantir"]
 
 
 def train(config: str, run_dir: str) -> None:
+    if (ROOT / run_dir / "results.json").is_file():  # finished
+        return
     cmd = QUANTIR + ["train", config, "--out", run_dir, "--quiet"]
     if (ROOT / run_dir / "state.json").is_file():
         cmd.append("--resume")
-    if (ROOT / run_dir / "results.json").is_file():
-        return
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from quantir.errors import ModelFileError
 from quantir.evaluate.tiling import tiled_apply
+from quantir.utils import silence_stderr
 
 
 def _quantize(pixels: np.ndarray, pixel_max: float, dtype, scale, zero_point) -> np.ndarray:
@@ -86,8 +87,6 @@ class TFLiteRuntime(Runtime):
         super().__init__(path, meta)
         from ai_edge_litert.interpreter import Interpreter
 
-        from quantir.utils import silence_stderr
-
         try:
             with silence_stderr():  # the runtime logs "Created TensorFlow Lite XNNPACK delegate" on stderr
                 self.interpreter = Interpreter(model_content=data, num_threads=threads)
@@ -105,8 +104,6 @@ class TFLiteRuntime(Runtime):
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         if self._shape != x.shape:
-            from quantir.utils import silence_stderr
-
             with silence_stderr():
                 if self.fixed_hw is None:
                     self.interpreter.resize_tensor_input(self.in_index, list(x.shape))

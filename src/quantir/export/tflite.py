@@ -64,18 +64,35 @@ def add_metadata(model: tg.fb.ModelT, meta: dict) -> None:
     model.metadata.append(entry)
 
 
+FALLBACK_SIZE = (256, 256)  # static size when a graph cannot be made dynamic (runtimes tile larger images)
+
+
+class _StaticOnly(Exception):
+    """The graph cannot be made dynamic (e.g. resizes with baked output sizes)."""
+
+
 def _finish(raw: bytes, meta: dict, dynamic: bool, path: Path, native_d2s: bool = True) -> dict:
     model = tg.read(raw)
     n_d2s = tg.replace_depth_to_space(model) if native_d2s else 0
-    note = None
     if dynamic:
         try:
             tg.make_dynamic_hw(model)
-        except ValueError as err:  # e.g. the paper U-Net's size-baked resizes: keep the static file
-            dynamic, note = False, str(err)
+        except ValueError as err:
+            raise _StaticOnly(str(err)) from err  # before anything is written
     add_metadata(model, meta)
     atomic_write_bytes(path, tg.to_bytes(model))
-    return {"path": str(path), "depth_to_space_ops": n_d2s, "dynamic": dynamic, "note": note}
+    return {"path": str(path), "depth_to_space_ops": n_d2s, "dynamic": dynamic, "note": None}
+
+
+def _write(module: nn.Module, hw: tuple[int, int], pixel_max: float, meta: dict, path: Path, dynamic: bool,
+           quantizer=None, native_d2s: bool = True) -> dict:
+    """Convert at ``hw`` and write; a graph that cannot be dynamic is written static at FALLBACK_SIZE."""
+    raw = _convert(module, torch.rand(1, *hw, 3) * pixel_max, quantizer)
+    try:
+        return _finish(raw, meta, dynamic, path, native_d2s)
+    except _StaticOnly as err:  # e.g. the paper U-Net's size-baked resizes: a static file, with a note
+        raw = _convert(module, torch.rand(1, *FALLBACK_SIZE, 3) * pixel_max, quantizer)
+        return dict(_finish(raw, meta, False, path, native_d2s), note=str(err))
 
 
 def reference_size(multiple: int, hw: tuple[int, int] | None) -> tuple[int, int]:
@@ -87,9 +104,6 @@ def reference_size(multiple: int, hw: tuple[int, int] | None) -> tuple[int, int]
     return h, w
 
 
-FALLBACK_SIZE = (256, 256)  # static size when a graph cannot be made dynamic (runtimes tile larger images)
-
-
 def export_int8(converted, path: str | Path, meta: dict, shape: tuple[int, int] | None = None,
                 native_d2s: bool = True) -> dict:
     """Write the fully-integer TFLite of a converted ``QuantizedModel`` (dynamic H/W unless ``shape``).
@@ -97,24 +111,13 @@ def export_int8(converted, path: str | Path, meta: dict, shape: tuple[int, int] 
     ``native_d2s=False`` keeps litert-torch's reshape/transpose chain (only possible at a fixed shape);
     the benchmark uses it to measure what the single DEPTH_TO_SPACE op saves.
     """
-    h, w = reference_size(converted.info.size_multiple, shape)
-    example = torch.rand(1, h, w, 3) * converted.info.pixel_max
-    raw = _convert(converted.export_graph, example, converted.quantizer)
-    info = _finish(raw, meta, dynamic=shape is None and native_d2s, path=Path(path), native_d2s=native_d2s)
-    if info["note"]:
-        raw = _convert(converted.export_graph, torch.rand(1, *FALLBACK_SIZE, 3) * converted.info.pixel_max,
-                       converted.quantizer)
-        info = dict(_finish(raw, meta, dynamic=False, path=Path(path), native_d2s=native_d2s), note=info["note"])
-    return info
+    hw = reference_size(converted.info.size_multiple, shape)
+    return _write(converted.export_graph, hw, converted.info.pixel_max, meta, Path(path),
+                  dynamic=shape is None and native_d2s, quantizer=converted.quantizer, native_d2s=native_d2s)
 
 
 def export_float(model: nn.Module, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
     """Write the FP32 TFLite of a (fused) float model, same I/O layout as the int8 one."""
     core = _NHWCFloat(model.export_module() if hasattr(model, "export_module") else model).eval()
-    h, w = reference_size(model.info.size_multiple, shape)
-    raw = _convert(core, torch.rand(1, h, w, 3) * model.info.pixel_max)
-    info = _finish(raw, meta, dynamic=shape is None, path=Path(path))
-    if info["note"]:
-        raw = _convert(core, torch.rand(1, *FALLBACK_SIZE, 3) * model.info.pixel_max)
-        info = dict(_finish(raw, meta, dynamic=False, path=Path(path)), note=info["note"])
-    return info
+    hw = reference_size(model.info.size_multiple, shape)
+    return _write(core, hw, model.info.pixel_max, meta, Path(path), dynamic=shape is None)
