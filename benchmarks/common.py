@@ -31,9 +31,14 @@ class BenchSettings:
     samples: Path = ROOT / "data" / "samples"
     threads: int = 2
     smoke: bool = False  # a few steps everywhere: checks the code paths, the numbers mean nothing
+    models: tuple[str, ...] | None = None  # SR tables: only these networks (a parallel lane's share)
+    choices: bool | None = None  # ODM open-choice rows; default: full mode only
 
     def steps(self, full: int, quick: int) -> int:
         return 12 if self.smoke else (quick if self.quick else full)
+
+    def selected(self, models: dict) -> dict:
+        return {k: v for k, v in models.items() if self.models is None or k in self.models}
 
     def data_overrides(self, task: str) -> dict:
         if task == "sr" and self.div2k:
@@ -57,11 +62,14 @@ def standalone(run, *data_flags: str) -> BenchSettings:
     ap.add_argument("--out", default="bench-runs")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", nargs="+", help="SR tables: only these networks")
+    ap.add_argument("--choices", action="store_true", help="ODM: also the open-choice rows in quick mode")
     for flag in data_flags:
         ap.add_argument(f"--{flag}")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    settings = BenchSettings(Path(a.out), a.quick, threads=a.threads, **{f: getattr(a, f) for f in data_flags})
+    settings = BenchSettings(Path(a.out), a.quick, threads=a.threads, models=a.models, choices=a.choices or None,
+                             **{f: getattr(a, f) for f in data_flags})
     run(settings)
     return settings
 
@@ -123,6 +131,18 @@ def eval_fn(fn, pairs, border: int) -> dict:
 def save_json(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def update_json(path: Path, update) -> None:
+    """Read-modify-write under a file lock: parallel benchmark lanes add their models to one file."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load_json(path) or {}
+        update(data)
+        save_json(data, path)
 
 
 def load_json(path: Path):

@@ -8,7 +8,7 @@ stays (pixels are 8-bit). Metric: fake-quant PSNR on the evaluation photos.
 
 from __future__ import annotations
 
-from common import BenchSettings, load_json, make_config, run_training, save_json, standalone
+from common import BenchSettings, load_json, make_config, run_training, standalone, update_json
 from sr_quant import MODELS, fp32_config
 
 LAM = 1.0e-5
@@ -45,8 +45,9 @@ def _qat_base(spec: dict, quant: dict, bits: int, steps: int, patch: int) -> dic
 
 def run(settings: BenchSettings) -> dict:
     result = {"quick": settings.quick, "lambda_m": LAM, "paper_edsr_w2a2_set5": PAPER_EDSR_W2A2_SET5, "models": {}}
-    steps = settings.steps(800, 150)
-    for name, spec in MODELS.items():
+    steps = settings.steps(800, 120)
+    choices_too = settings.choices if settings.choices is not None else not settings.quick
+    for name, spec in settings.selected(MODELS).items():
         fp32_dir = settings.out / "sr" / name / "fp32"
         run_training(fp32_config(settings, spec), fp32_dir)  # reused when table 1 already trained it
         deploy = str(fp32_dir / "checkpoints" / "deploy_fp32.pt")
@@ -64,9 +65,8 @@ def run(settings: BenchSettings) -> dict:
                 rows[label]["fp32_psnr_rgb"] = res["eval"]["FP32 (fused)"]["psnr_rgb"]
                 rows[label]["bicubic_psnr_rgb"] = res["eval"]["bicubic"]["psnr_rgb"]
             result["models"][name][f"W{bits}A{bits}"] = rows
-            save_json(result, settings.out / "odm_ablation.json")
         choices = {}
-        for label, change in CHOICES.items():
+        for label, change in (CHOICES if choices_too else {}).items():
             print(f"[odm] {name} W4A4 {label}", flush=True)
             odm = dict(VARIANTS["(e) WCC + cooperative MR (ODM)"]["odm"], **change)
             quant = dict(VARIANTS["(e) WCC + cooperative MR (ODM)"], odm=odm)
@@ -74,8 +74,15 @@ def run(settings: BenchSettings) -> dict:
             res = run_training(make_config(settings, "sr", _qat_base(spec, quant, 4, steps, patch)), run_dir,
                                init=deploy)
             choices[label] = res["eval"]["INT8 fake-quant"]
-        result.setdefault("choices_W4A4", {})[name] = choices
-        save_json(result, settings.out / "odm_ablation.json")
+        if choices:
+            result.setdefault("choices_W4A4", {})[name] = choices
+
+        def merge(r, name=name):
+            r.update({k: v for k, v in result.items() if k not in ("models", "choices_W4A4")})
+            r.setdefault("models", {})[name] = result["models"][name]
+            if name in result.get("choices_W4A4", {}):
+                r.setdefault("choices_W4A4", {})[name] = result["choices_W4A4"][name]
+        update_json(settings.out / "odm_ablation.json", merge)
     return result
 
 

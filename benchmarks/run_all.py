@@ -1,15 +1,20 @@
 """Run every benchmark and write BENCHMARKS.md: ``make bench`` (full) or ``make bench-quick``.
 
-    python benchmarks/run_all.py [--quick] [--out bench-runs] [--div2k ROOT] [--dped ROOT]
+    python benchmarks/run_all.py [--quick] [--out bench-runs] [--div2k ROOT] [--dped ROOT] [--jobs 2]
 
-Quick mode trains short models (about 30 minutes on 2 cores); full mode takes a few hours. Results
-are also kept as JSON in --out; finished runs are reused when their config is unchanged.
+Quick mode trains short models (under 30 minutes on 2 cores); full mode takes a few hours. The
+trainings run in --jobs parallel lanes of one thread each (small convolutions scale poorly across
+threads, two single-thread processes finish sooner than one two-thread process); the latency
+table then runs alone on --threads threads. Results are kept as JSON in --out; finished runs are
+reused when their config is unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +28,46 @@ import report  # noqa: E402
 import speed  # noqa: E402
 import sr_quant  # noqa: E402
 
+PARTS = {"sr": sr_quant.run, "odm": odm_ablation.run, "enhance": enhance.run, "speed": speed.run}
+RESULT_FILES = {"sr": "sr_quant.json", "odm": "odm_ablation.json"}  # filled model by model, lane by lane
+# Two lanes of about equal length: the slow multi-branch FP32 mobileone_sr, vs abpn + the enhancer.
+LANES = ((("sr", "odm"), ("mobileone_sr",)), (("sr", "odm", "enhance"), ("abpn",)))
+
+
+def _stream(proc: subprocess.Popen, tag: str, log: Path) -> None:
+    with open(log, "w") as f:
+        for line in proc.stdout:
+            f.write(line)
+            f.flush()
+            print(f"[{tag}] {line}", end="", flush=True)
+
+
+def run_lanes(args, parts: list[str], out: Path) -> None:
+    """Run the training parts as parallel single-thread subprocesses (this script with --lane)."""
+    passthrough = [a for a in ("--quick", "--smoke") if getattr(args, a[2:])]
+    for flag in ("div2k", "dped"):
+        if getattr(args, flag):
+            passthrough += [f"--{flag}", getattr(args, flag)]
+    procs = []
+    for i, (lane_parts, models) in enumerate(LANES, start=1):
+        todo = [p for p in lane_parts if p in parts]
+        if not todo:
+            continue
+        cmd = [sys.executable, __file__, "--lane", "--out", str(out), "--threads", "1", "--only", *todo,
+               "--models", *models, *passthrough]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        t = threading.Thread(target=_stream, args=(proc, f"lane {i}", out / f"lane{i}.log"), daemon=True)
+        t.start()
+        procs.append((proc, t, i))
+    failed = []
+    for proc, t, i in procs:
+        proc.wait()
+        t.join()
+        if proc.returncode:
+            failed.append(f"lane {i} (log: {out / f'lane{i}.log'})")
+    if failed:
+        sys.exit("benchmark lane failed: " + ", ".join(failed))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,28 +75,46 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench-runs"))
     ap.add_argument("--div2k", help="DIV2K root (DIV2K_train_HR, DIV2K_valid_HR, ...) for the SR tables")
     ap.add_argument("--dped", help="DPED root for the enhancement table")
-    ap.add_argument("--only", nargs="+", choices=["sr", "odm", "enhance", "speed"], help="run a subset")
+    ap.add_argument("--only", nargs="+", choices=list(PARTS), help="run a subset")
     ap.add_argument("--smoke", action="store_true", help="a few steps everywhere (code-path check only)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of the latency table (and of --jobs 1)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="2: two parallel single-thread training lanes; 1: sequential on --threads")
+    ap.add_argument("--models", nargs="+", choices=list(sr_quant.MODELS), help=argparse.SUPPRESS)
+    ap.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N: no report
     args = ap.parse_args()
     settings = BenchSettings(Path(args.out), args.quick, args.div2k, args.dped, threads=args.threads,
-                             smoke=args.smoke)
+                             smoke=args.smoke, models=tuple(args.models) if args.models else None)
     if not (settings.samples / "train").is_dir() and not args.div2k:
         sys.exit("sample photos missing: run 'quantir data fetch samples --out data/samples' (make samples)")
     torch.set_num_threads(settings.threads)
-    parts = args.only or ["sr", "odm", "enhance", "speed"]
+    parts = args.only or list(PARTS)
+    if args.lane:
+        for name in parts:
+            PARTS[name](settings)
+        return
+    settings.out.mkdir(parents=True, exist_ok=True)
+    for name, file in RESULT_FILES.items():  # no rows left over from an earlier run with other settings
+        if name in parts:
+            (settings.out / file).unlink(missing_ok=True)
     command = " ".join(["python benchmarks/run_all.py"] + sys.argv[1:])
     commands = load_json(settings.out / "commands.json") or {}  # which command produced each table
     t0 = time.time()
-    for name, fn in (("sr", sr_quant.run), ("odm", odm_ablation.run), ("enhance", enhance.run),
-                     ("speed", speed.run)):
-        if name in parts:
-            t = time.time()
+    training = [p for p in parts if p != "speed"]
+    if training and args.jobs > 1:
+        print(f"== {', '.join(training)} in {args.jobs} parallel lanes (logs: {settings.out}/lane*.log)", flush=True)
+        run_lanes(args, training, settings.out)
+    else:
+        for name in training:
             print(f"== {name}", flush=True)
-            fn(settings)
-            commands[name] = command
-            save_json(commands, settings.out / "commands.json")
-            print(f"== {name} done in {time.time() - t:.0f} s", flush=True)
+            PARTS[name](settings)
+    if "speed" in parts:
+        print("== speed", flush=True)
+        speed.run(settings)
+    for name in parts:
+        commands[name] = command
+    commands.setdefault("wall_s", {})[command] = round(time.time() - t0)
+    save_json(commands, settings.out / "commands.json")
     target = ROOT / "BENCHMARKS.md" if not args.smoke else settings.out / "BENCHMARKS.smoke.md"
     report.write(settings.out, target, command)
     print(f"all benchmarks: {time.time() - t0:.0f} s")

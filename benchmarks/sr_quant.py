@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, run_training, save_json, standalone
+from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, run_training, standalone, update_json
 
 from quantir.data.datasets import sr_pairs
 from quantir.export.from_checkpoint import calibration_inputs, export_checkpoint
 from quantir.train import checkpoint
 
 MODELS = {
-    "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (1500, 32), "stage2": True},
+    "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (1000, 32), "stage2": True},
     "abpn": {"model": "abpn", "fp32_full": (6000, 48), "fp32_quick": (800, 32), "stage2": False},
 }
 QAT_VARIANTS = {
@@ -106,7 +106,7 @@ def run(settings: BenchSettings) -> dict:
 
     out = settings.out / "sr"
     result = {"machine": machine(), "quick": settings.quick, "models": {}}
-    for name, spec in MODELS.items():
+    for name, spec in settings.selected(MODELS).items():
         print(f"[sr] {name}", flush=True)
         cfg = fp32_config(settings, spec)
         fp32_dir = out / name / "fp32"
@@ -147,7 +147,9 @@ def run(settings: BenchSettings) -> dict:
                           "fp32_tflite": str(out / name / "qat" / "export" / "model_float.tflite")},
             "fp32_config": str(fp32_dir / "config.yaml"),
         }
-        save_json(result, settings.out / "sr_quant.json")
+        update_json(settings.out / "sr_quant.json",
+                    lambda r, name=name: r.update(machine=result["machine"], quick=settings.quick,
+                                                  models=dict(r.get("models", {}), **{name: result["models"][name]})))
     return result
 
 

@@ -42,7 +42,7 @@ def train(config: str, run_dir: str) -> None:
     if (ROOT / run_dir / "results.json").is_file():  # finished
         return
     cmd = QUANTIR + ["train", config, "--out", run_dir, "--quiet"]
-    if (ROOT / run_dir / "state.json").is_file():
+    if (ROOT / run_dir / "config.yaml").is_file():  # an earlier attempt: continue from its checkpoints
         cmd.append("--resume")
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)

@@ -88,13 +88,7 @@ def test_artifacts_exist_all_int8_and_within_one_lsb(exported):
     for backend in ("tflite", "onnx"):
         r = parity[backend]
         assert r["io_dtype"] == "int8 -> int8"
-        if backend == "onnx" and qmodel.info.task == "enhance":
-            # Known gap (DEVELOPERS.md, "ONNX: what onnxruntime computes differently"): onnxruntime
-            # leaves most U-Net node units in float32 between DQ and Q, and their rounding differs
-            # from the integer kernels; measured 1-2 LSB on this tiny net depending on the weights.
-            assert r["max_lsb"] <= 3 and r["psnr_vs_fakequant_db"] > 60, (backend, r)
-        else:
-            assert r["max_lsb"] <= 1, (backend, r)
+        assert r["max_lsb"] <= 1, (backend, r)
     assert parity["tflite"]["all_int8"] and parity["tflite"]["non_int8_ops"] == []
     assert parity["onnx"]["all_int8"]
     io = tg.io_details(tg.read((out / "model_int8.tflite").read_bytes()))

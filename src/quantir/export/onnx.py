@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from quantir.export.onnx_graph import make_exact
 from quantir.utils import atomic_path, import_torchao, silence_stderr
 
 import_torchao()
@@ -65,6 +66,7 @@ def export_int8(prepared, path: str | Path, meta: dict, io: dict) -> dict:
                           dynamic_shapes=({1: h, 2: w},), verbose=False)
         model = onnx.load(str(tmp))
         _int8_io(model)
+        make_exact(model)
         full = dict(meta, io=io)
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(full, sort_keys=True)
@@ -76,7 +78,9 @@ def qdq_report(path: str | Path) -> tuple[bool, list[str]]:
     """(every op on image data runs between DequantizeLinear and QuantizeLinear, the offending ops).
 
     Integer shape arithmetic (Shape/Squeeze/Mul/Concat feeding a Reshape's shape input) is not
-    image data and is ignored; a Relu/Clip directly after a compute op counts as fused with it.
+    image data and is ignored; a Relu/Clip directly after a compute op counts as fused with it;
+    ops whose image inputs are all integer tensors (onnx_graph's table lookups and integer adds)
+    are integer compute.
     """
     import onnx
 
@@ -94,11 +98,20 @@ def qdq_report(path: str | Path) -> tuple[bool, list[str]]:
         if n.op_type == "DequantizeLinear" or any(i in data for i in n.input):
             data.update(n.output)
     fusable = {"Relu", "Clip"}
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    integer = {graph.input[0].name} if graph.input[0].type.tensor_type.elem_type not in float_types else set()
     bad = []
     for n in graph.node:
+        if n.op_type == "QuantizeLinear":
+            integer.update(n.output)
         if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Shape") or not any(i in data for i in n.input):
             continue
         data_inputs = [i for i in (n.input[:1] if n.op_type in ("Reshape", "Expand", "Tile") else n.input) if i in data]
+        if all(i in integer for i in data_inputs):
+            to = next((a.i for a in n.attribute if a.name == "to"), None)
+            if n.op_type != "Cast" or to not in float_types:
+                integer.update(n.output)
+                continue
         if n.op_type in fusable and all(producers.get(i) is not None and producers[i].op_type in ("Conv", "Add")
                                         for i in data_inputs):
             ok_in = True
