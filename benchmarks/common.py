@@ -31,8 +31,10 @@ class BenchSettings:
     samples: Path = ROOT / "data" / "samples"
     threads: int = 2
     smoke: bool = False  # a few steps everywhere: checks the code paths, the numbers mean nothing
-    models: tuple[str, ...] | None = None  # SR tables: only these networks (a parallel lane's share)
+    models: tuple[str, ...] | None = None  # SR tables: only these networks (one parallel job's share)
     choices: bool | None = None  # ODM open-choice rows; default: full mode only
+    seeds: int = 1  # ODM open-choice rows: QAT seeds per setting (mean and spread reported)
+    variants: tuple[str, ...] | None = None  # enhancement table: only these variants (v0..v4)
 
     def steps(self, full: int, quick: int) -> int:
         return 12 if self.smoke else (quick if self.quick else full)
@@ -47,9 +49,29 @@ class BenchSettings:
             return {"layout": "dped", "root": self.dped, "eval_limit": 200 if self.quick else None}
         return {"train_dir": str(self.samples / "train"), "eval_dir": str(self.samples / "eval"), "val_holdout": 4}
 
-    @property
-    def dataset_name(self) -> str:
-        return "sample photos (16 evaluation photos from PyPI wheels)"
+    def calib_dir(self, task: str) -> str:
+        """Photos PTQ calibrates on: always a training split, never the evaluation photos."""
+        return self._split_dir(task, evaluation=False)
+
+    def parity_dir(self, task: str) -> str:
+        """Photos the artifact-vs-fake-quant parity is measured on (evaluation split)."""
+        return self._split_dir(task, evaluation=True)
+
+    def _split_dir(self, task: str, evaluation: bool) -> str:
+        from quantir.data.datasets import div2k_dirs, dped_dirs
+
+        if task == "sr" and self.div2k:
+            return str(div2k_dirs(self.div2k, "valid" if evaluation else "train", 3)[0])
+        if task == "enhance" and self.dped:
+            return str(dped_dirs(self.dped, "iphone", "test" if evaluation else "train")[0])
+        return str(self.samples / ("eval" if evaluation else "train"))
+
+    def data_description(self, task: str) -> str:
+        if task == "sr" and self.div2k:
+            return f"DIV2K at {self.div2k} (train: DIV2K_train_HR; evaluation: DIV2K_valid_HR)"
+        if task == "enhance" and self.dped:
+            return f"DPED at {self.dped} (iphone; evaluation: the test patches)"
+        return "sample photos (train: Debian wallpapers; evaluation: 16 photos from PyPI wheels)"
 
 
 def standalone(run, *data_flags: str) -> BenchSettings:
@@ -64,12 +86,13 @@ def standalone(run, *data_flags: str) -> BenchSettings:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="+", help="SR tables: only these networks")
     ap.add_argument("--choices", action="store_true", help="ODM: also the open-choice rows in quick mode")
+    ap.add_argument("--seeds", type=int, default=1, help="ODM open-choice rows: QAT seeds per setting")
     for flag in data_flags:
         ap.add_argument(f"--{flag}")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     settings = BenchSettings(Path(a.out), a.quick, threads=a.threads, models=a.models, choices=a.choices or None,
-                             **{f: getattr(a, f) for f in data_flags})
+                             seeds=a.seeds, **{f: getattr(a, f) for f in data_flags})
     run(settings)
     return settings
 
@@ -134,7 +157,7 @@ def save_json(obj, path: Path) -> None:
 
 
 def update_json(path: Path, update) -> None:
-    """Read-modify-write under a file lock: parallel benchmark lanes add their models to one file."""
+    """Read-modify-write under a file lock: parallel benchmark jobs add their rows to one file."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common import BenchSettings, eval_artifact, make_config, run_training, save_json, standalone
+from common import BenchSettings, eval_artifact, make_config, run_training, standalone, update_json
 
 from quantir.export.from_checkpoint import export_checkpoint
 from quantir.train import checkpoint
@@ -27,6 +27,7 @@ STEPS = {
     "+ depth-to-space upsampling (= qatie_unet_int8)": {"norm": "batch", "act": "relu", "split_fusion": True,
                                                         "upsample": "d2s", "zero_init_head": True},
 }
+VARIANT_SLUGS = [f"v{k}" for k in range(len(STEPS))]
 
 
 def tanh_concat_levels(qat_ckpt: Path) -> int | None:
@@ -51,13 +52,15 @@ def tanh_concat_levels(qat_ckpt: Path) -> int | None:
 
 def run(settings: BenchSettings) -> dict:
     out = settings.out / "enhance"
-    result = {"quick": settings.quick, "paper_dped": {"FP32": 22.194, "INT8 QAT": 21.050, "INT8 PTQ": 20.576},
+    result = {"quick": settings.quick, "data": settings.data_description("enhance"),
+              "paper_dped": {"FP32": 22.194, "INT8 QAT": 21.050, "INT8 PTQ": 20.576},
               "variants": {}}
     steps = {"fp32": settings.steps(4000, 700), "qat": settings.steps(800, 150)}
     labels = list(STEPS) if not settings.smoke else [list(STEPS)[0], list(STEPS)[-1]]
+    slug = dict(zip(STEPS, VARIANT_SLUGS))
+    labels = [x for x in labels if settings.variants is None or slug[x] in settings.variants]
     for label in labels:
         opts = dict(STEPS[label], channels=16)
-        slug = f"v{list(STEPS).index(label)}"
         print(f"[enhance] {label}", flush=True)
         base = {
             "model": "qatie_unet", "model_options": opts,
@@ -73,7 +76,7 @@ def run(settings: BenchSettings) -> dict:
             "export": {"enabled": True, "formats": ["tflite"], "parity_limit": 6 if settings.quick else 16},
         }
         cfg = make_config(settings, "enhance", base)
-        run_dir = out / slug
+        run_dir = out / slug[label]
         res = run_training(cfg, run_dir)
         ev = res["eval"]
         row = {"input": ev["input"], "FP32": ev["FP32 (fused)"], "INT8 fake-quant (QAT)": ev["INT8 fake-quant"],
@@ -84,14 +87,19 @@ def run(settings: BenchSettings) -> dict:
 
         try:
             export_checkpoint(run_dir / "checkpoints" / "deploy_fp32.pt", run_dir / "ptq", formats=("tflite",),
-                              ptq="percentile", calib_dir=cfg.data.train_dir)
+                              ptq="percentile", calib_dir=settings.calib_dir("enhance"))
             row["INT8 TFLite (PTQ percentile)"] = eval_artifact(run_dir / "ptq" / "model_int8.tflite",
                                                                 _eval_pairs(cfg, 1), 0)
         except (ValueError, RuntimeError) as err:
             row["INT8 TFLite (PTQ percentile)"] = None
             row["ptq_error"] = " ".join(str(err).split())[:300]
         result["variants"][label] = row
-        save_json(result, settings.out / "enhance.json")
+
+        def merge(r, label=label):  # parallel jobs add their variants; keep the table in STEPS order
+            r.update({k: v for k, v in result.items() if k != "variants"})
+            both = dict(r.get("variants", {}), **{label: result["variants"][label]})
+            r["variants"] = {k: both[k] for k in STEPS if k in both}
+        update_json(settings.out / "enhance.json", merge)
     return result
 
 

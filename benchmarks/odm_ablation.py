@@ -8,8 +8,13 @@ stays (pixels are 8-bit). Metric: fake-quant PSNR on the evaluation photos.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import numpy as np
+
 from common import BenchSettings, load_json, make_config, run_training, standalone, update_json
-from sr_quant import MODELS, fp32_config
+from sr_quant import MODELS, _in_order, fp32_config
 
 LAM = 1.0e-5
 VARIANTS = {
@@ -67,19 +72,25 @@ def run(settings: BenchSettings) -> dict:
             result["models"][name][f"W{bits}A{bits}"] = rows
         choices = {}
         for label, change in (CHOICES if choices_too else {}).items():
-            print(f"[odm] {name} W4A4 {label}", flush=True)
             odm = dict(VARIANTS["(e) WCC + cooperative MR (ODM)"]["odm"], **change)
             quant = dict(VARIANTS["(e) WCC + cooperative MR (ODM)"], odm=odm)
-            run_dir = settings.out / "odm" / name / "w4" / ("e" if not change else "e_" + "_".join(change))
-            res = run_training(make_config(settings, "sr", _qat_base(spec, quant, 4, steps, patch)), run_dir,
-                               init=deploy)
-            choices[label] = res["eval"]["INT8 fake-quant"]
+            per_seed = []
+            for seed in range(settings.seeds):
+                print(f"[odm] {name} W4A4 {label} seed {seed}", flush=True)
+                slug = ("e" if not change else "e_" + "_".join(change)) + (f"_s{seed}" if seed else "")
+                cfg = make_config(settings, "sr", dict(_qat_base(spec, quant, 4, steps, patch), seed=seed))
+                per_seed.append(run_training(cfg, settings.out / "odm" / name / "w4" / slug, init=deploy)["eval"][
+                    "INT8 fake-quant"])
+            choices[label] = {m: float(np.mean([r[m] for r in per_seed])) for m in ("psnr_rgb", "psnr_y", "ssim_y")}
+            choices[label]["psnr_rgb_per_seed"] = [r["psnr_rgb"] for r in per_seed]
+        if choices:
+            result["choices_command"] = " ".join([f"python benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])
         if choices:
             result.setdefault("choices_W4A4", {})[name] = choices
 
         def merge(r, name=name):
             r.update({k: v for k, v in result.items() if k not in ("models", "choices_W4A4")})
-            r.setdefault("models", {})[name] = result["models"][name]
+            r["models"] = _in_order(r.get("models", {}), name, result["models"][name])
             if name in result.get("choices_W4A4", {}):
                 r.setdefault("choices_W4A4", {})[name] = result["choices_W4A4"][name]
         update_json(settings.out / "odm_ablation.json", merge)

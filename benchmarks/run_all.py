@@ -3,9 +3,10 @@
     python benchmarks/run_all.py [--quick] [--out bench-runs] [--div2k ROOT] [--dped ROOT] [--jobs 2]
 
 Quick mode trains short models (under 30 minutes on 2 cores); full mode takes a few hours. The
-trainings run in --jobs parallel lanes of one thread each (small convolutions scale poorly across
-threads, two single-thread processes finish sooner than one two-thread process); the latency
-table then runs alone on --threads threads. Results are kept as JSON in --out; finished runs are
+trainings run as independent jobs (one per SR network, one per enhancement variant) on --jobs
+single-thread workers (small convolutions scale poorly across threads: two single-thread
+processes finish sooner than one two-thread process); the latency table then runs alone on
+--threads threads. Results are kept as JSON in --out; finished runs are
 reused when their config is unchanged.
 """
 
@@ -29,44 +30,60 @@ import speed  # noqa: E402
 import sr_quant  # noqa: E402
 
 PARTS = {"sr": sr_quant.run, "odm": odm_ablation.run, "enhance": enhance.run, "speed": speed.run}
-RESULT_FILES = {"sr": "sr_quant.json", "odm": "odm_ablation.json"}  # filled model by model, lane by lane
-# Two lanes of about equal length: the slow multi-branch FP32 mobileone_sr, vs abpn + the enhancer.
-LANES = ((("sr", "odm"), ("mobileone_sr",)), (("sr", "odm", "enhance"), ("abpn",)))
+RESULT_FILES = {"sr": "sr_quant.json", "odm": "odm_ablation.json", "enhance": "enhance.json"}  # filled job by job
+
+
+def training_jobs(parts: list[str]) -> list[tuple[str, list[str]]]:
+    """Independent units of training work, longest first: one per SR network (its table-1 runs, then
+    its ODM rows, which start from the same FP32 weights) and one per enhancement variant."""
+    jobs = []
+    chain = [p for p in ("sr", "odm") if p in parts]
+    if chain:
+        jobs += [(f"{'+'.join(chain)} {m}", ["--only", *chain, "--models", m]) for m in sr_quant.MODELS]
+    if "enhance" in parts:
+        jobs += [(f"enhance {v}", ["--only", "enhance", "--variants", v]) for v in enhance.VARIANT_SLUGS]
+    return jobs
 
 
 def _stream(proc: subprocess.Popen, tag: str, log: Path) -> None:
+    """Everything goes to the job's log; the console gets the benchmark's own progress lines."""
     with open(log, "w") as f:
         for line in proc.stdout:
             f.write(line)
             f.flush()
-            print(f"[{tag}] {line}", end="", flush=True)
+            if line.startswith(("[", "  training", "  reusing", "==")) or "Error" in line:
+                print(f"[{tag}] {line}", end="", flush=True)
 
 
-def run_lanes(args, parts: list[str], out: Path) -> None:
-    """Run the training parts as parallel single-thread subprocesses (this script with --lane)."""
+def run_parallel(args, parts: list[str], out: Path) -> None:
+    """Run the training jobs in --jobs single-thread subprocesses (this script with --job), each
+    worker taking the next job as soon as it is free."""
     passthrough = [a for a in ("--quick", "--smoke") if getattr(args, a[2:])]
     for flag in ("div2k", "dped"):
         if getattr(args, flag):
             passthrough += [f"--{flag}", getattr(args, flag)]
-    procs = []
-    for i, (lane_parts, models) in enumerate(LANES, start=1):
-        todo = [p for p in lane_parts if p in parts]
-        if not todo:
-            continue
-        cmd = [sys.executable, __file__, "--lane", "--out", str(out), "--threads", "1", "--only", *todo,
-               "--models", *models, *passthrough]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        t = threading.Thread(target=_stream, args=(proc, f"lane {i}", out / f"lane{i}.log"), daemon=True)
-        t.start()
-        procs.append((proc, t, i))
-    failed = []
-    for proc, t, i in procs:
-        proc.wait()
-        t.join()
-        if proc.returncode:
-            failed.append(f"lane {i} (log: {out / f'lane{i}.log'})")
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    queue, running, failed = training_jobs(parts), [], []
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            tag, job_args = queue.pop(0)
+            cmd = [sys.executable, __file__, "--job", "--out", str(out), "--threads", "1", *job_args, *passthrough]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            log = logs / (tag.replace(" ", "_").replace("+", "_") + ".log")
+            t = threading.Thread(target=_stream, args=(proc, tag, log), daemon=True)
+            t.start()
+            running.append((proc, t, tag, log))
+        time.sleep(1.0)
+        for item in [r for r in running if r[0].poll() is not None]:
+            proc, t, tag, log = item
+            t.join()
+            running.remove(item)
+            if proc.returncode:
+                print("".join(log.read_text().splitlines(keepends=True)[-20:]), flush=True)
+                failed.append(f"{tag} (log: {log})")
     if failed:
-        sys.exit("benchmark lane failed: " + ", ".join(failed))
+        sys.exit("benchmark job failed: " + ", ".join(failed))
 
 
 def main() -> None:
@@ -79,17 +96,19 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few steps everywhere (code-path check only)")
     ap.add_argument("--threads", type=int, default=2, help="threads of the latency table (and of --jobs 1)")
     ap.add_argument("--jobs", type=int, default=2,
-                    help="2: two parallel single-thread training lanes; 1: sequential on --threads")
+                    help="parallel single-thread training workers (1: sequential on --threads)")
     ap.add_argument("--models", nargs="+", choices=list(sr_quant.MODELS), help=argparse.SUPPRESS)
-    ap.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs N: no report
+    ap.add_argument("--variants", nargs="+", choices=enhance.VARIANT_SLUGS, help=argparse.SUPPRESS)
+    ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)  # one job of --jobs N: no report
     args = ap.parse_args()
     settings = BenchSettings(Path(args.out), args.quick, args.div2k, args.dped, threads=args.threads,
-                             smoke=args.smoke, models=tuple(args.models) if args.models else None)
+                             smoke=args.smoke, models=tuple(args.models) if args.models else None,
+                             variants=tuple(args.variants) if args.variants else None)
     if not (settings.samples / "train").is_dir() and not args.div2k:
         sys.exit("sample photos missing: run 'quantir data fetch samples --out data/samples' (make samples)")
     torch.set_num_threads(settings.threads)
     parts = args.only or list(PARTS)
-    if args.lane:
+    if args.job:
         for name in parts:
             PARTS[name](settings)
         return
@@ -102,8 +121,8 @@ def main() -> None:
     t0 = time.time()
     training = [p for p in parts if p != "speed"]
     if training and args.jobs > 1:
-        print(f"== {', '.join(training)} in {args.jobs} parallel lanes (logs: {settings.out}/lane*.log)", flush=True)
-        run_lanes(args, training, settings.out)
+        print(f"== {', '.join(training)}: {args.jobs} parallel workers (logs: {settings.out}/logs)", flush=True)
+        run_parallel(args, training, settings.out)
     else:
         for name in training:
             print(f"== {name}", flush=True)

@@ -19,7 +19,7 @@ from quantir.export.from_checkpoint import calibration_inputs, export_checkpoint
 from quantir.train import checkpoint
 
 MODELS = {
-    "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (1000, 32), "stage2": True},
+    "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (1500, 32), "stage2": True},
     "abpn": {"model": "abpn", "fp32_full": (6000, 48), "fp32_quick": (800, 32), "stage2": False},
 }
 QAT_VARIANTS = {
@@ -64,6 +64,12 @@ def qat_config(settings: BenchSettings, spec: dict, quant: dict, formats):
     return make_config(settings, "sr", base)
 
 
+def _in_order(models: dict, name: str, entry: dict) -> dict:
+    """Add one network's entry (parallel jobs finish in any order); keep the MODELS order."""
+    both = dict(models, **{name: entry})
+    return {k: both[k] for k in MODELS if k in both}
+
+
 def _delta(rows: dict) -> dict:
     ref = rows["FP32"]["psnr_rgb"]
     for r in rows.values():
@@ -105,7 +111,7 @@ def run(settings: BenchSettings) -> dict:
     from peers import ort_predictor, ort_quantize_static
 
     out = settings.out / "sr"
-    result = {"machine": machine(), "quick": settings.quick, "models": {}}
+    result = {"machine": machine(), "quick": settings.quick, "data": settings.data_description("sr"), "models": {}}
     for name, spec in settings.selected(MODELS).items():
         print(f"[sr] {name}", flush=True)
         cfg = fp32_config(settings, spec)
@@ -119,11 +125,11 @@ def run(settings: BenchSettings) -> dict:
             from quantir.train.data import _eval_pairs
 
             pairs = _eval_pairs(cfg, 1)
-        calib_dir = cfg.data.train_dir if cfg.data.layout == "folder" else str(Path(cfg.data.root) / "DIV2K_train_HR")
+        calib_dir, parity_dir = settings.calib_dir("sr"), settings.parity_dir("sr")
         parity = {}
         for label, method in PTQ_METHODS.items():
             res = export_checkpoint(deploy, out / name / method, formats=("tflite",), ptq=method, calib_dir=calib_dir,
-                                    parity_dir=cfg.data.eval_dir, parity_limit=4)
+                                    parity_dir=parity_dir, parity_limit=4)
             rows[label] = eval_artifact(out / name / method / "model_int8.tflite", pairs, 3)
             parity[label] = res["parity"]
         float_model = checkpoint.build_float(checkpoint.load(deploy))
@@ -141,15 +147,15 @@ def run(settings: BenchSettings) -> dict:
         qat_ckpt = out / name / "qat" / "checkpoints" / "qat_final.pt"
         result["models"][name] = {
             "rows": _delta(rows), "parity": parity,
-            "exact_conv": exact_conv_ablation(qat_ckpt, out / name / "exact", Path(cfg.data.eval_dir)),
+            "exact_conv": exact_conv_ablation(qat_ckpt, out / name / "exact", Path(parity_dir)),
             "speed_artifacts": speed_artifacts(qat_ckpt, out / name / "speed"),
             "artifacts": {"qat_dir": str(out / name / "qat" / "export"), "ort_qdq": str(ort_path),
                           "fp32_tflite": str(out / name / "qat" / "export" / "model_float.tflite")},
             "fp32_config": str(fp32_dir / "config.yaml"),
         }
         update_json(settings.out / "sr_quant.json",
-                    lambda r, name=name: r.update(machine=result["machine"], quick=settings.quick,
-                                                  models=dict(r.get("models", {}), **{name: result["models"][name]})))
+                    lambda r, name=name: r.update({k: v for k, v in result.items() if k != "models"},
+                                                  models=_in_order(r.get("models", {}), name, result["models"][name])))
     return result
 
 

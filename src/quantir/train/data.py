@@ -99,9 +99,7 @@ def _dped_splits(cfg: TrainConfig) -> Splits:
     sources = [Source(target=read_image(t), input=read_image(i), name=t.name)
                for k, (i, t) in enumerate(pairs) if k not in val_idx]
     val = [Pair(pairs[k][1].name, read_image(pairs[k][0]), read_image(pairs[k][1])) for k in sorted(val_idx)]
-    test_phone, test_canon = dped_dirs(d.root, d.phone, "test")
-    ev = folder_pairs(test_phone, test_canon, limit=d.eval_limit)
-    return Splits(sources, val, ev, [s.name for s in sources])
+    return Splits(sources, val, _eval_pairs(cfg, 1), [s.name for s in sources])
 
 
 def _eval_pairs(cfg: TrainConfig, multiple: int) -> PairSequence | None:
@@ -109,6 +107,9 @@ def _eval_pairs(cfg: TrainConfig, multiple: int) -> PairSequence | None:
     if d.layout == "div2k":
         hr_dir, lr_dir = div2k_dirs(d.root, "valid", cfg.scale)
         return sr_pairs(hr_dir, cfg.scale, lr_dir, limit=d.eval_limit)
+    if d.layout == "dped":  # real phone photos and their DSLR targets
+        test_phone, test_canon = dped_dirs(d.root, d.phone, "test")
+        return folder_pairs(test_phone, test_canon, limit=d.eval_limit)
     if not d.eval_dir:
         return None
     if not Path(d.eval_dir).is_dir():
