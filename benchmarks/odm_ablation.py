@@ -84,15 +84,17 @@ def run(settings: BenchSettings) -> dict:
             choices[label] = {m: float(np.mean([r[m] for r in per_seed])) for m in ("psnr_rgb", "psnr_y", "ssim_y")}
             choices[label]["psnr_rgb_per_seed"] = [r["psnr_rgb"] for r in per_seed]
         if choices:
-            result["choices_command"] = " ".join([f"python benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])
+            command = " ".join([f"python benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])
+            result.setdefault("choices_commands", {})[name] = command
         if choices:
             result.setdefault("choices_W4A4", {})[name] = choices
 
         def merge(r, name=name):
-            r.update({k: v for k, v in result.items() if k not in ("models", "choices_W4A4")})
+            r.update({k: v for k, v in result.items() if k not in ("models", "choices_W4A4", "choices_commands")})
             r["models"] = _in_order(r.get("models", {}), name, result["models"][name])
             if name in result.get("choices_W4A4", {}):
                 r.setdefault("choices_W4A4", {})[name] = result["choices_W4A4"][name]
+                r.setdefault("choices_commands", {})[name] = result["choices_commands"][name]
         update_json(settings.out / "odm_ablation.json", merge)
     return result
 

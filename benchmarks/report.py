@@ -58,10 +58,11 @@ def odm_table(odm: dict) -> list[str]:
             checks = paper_order_reproduced(rows)
             lines += ["", "Paper's ordering reproduced? " + "; ".join(f"{k}: {'yes' if v else 'no'}"
                                                                       for k, v in checks.items()), ""]
-    for name, rows in odm.get("choices_W4A4", {}).items():
+    choices = odm.get("choices_W4A4", {})
+    for name, rows in ((n, choices[n]) for n in odm["models"] if n in choices):  # the tables' network order
         seeds = len(next(iter(rows.values())).get("psnr_rgb_per_seed", [0]))
         lines += [f"### ODM choices left open by the paper: {name}, W4A4 (row (e), one setting changed)", "",
-                  f"Command: `{odm.get('choices_command', 'python benchmarks/odm_ablation.py --choices')}`; "
+                  f"Command: `{odm.get('choices_commands', {}).get(name, 'benchmarks/odm_ablation.py --choices')}`; "
                   f"mean over {seeds} QAT seed(s).", "",
                   "| variant | PSNR-RGB | PSNR-Y | SSIM-Y | PSNR-RGB per seed |", "|---|---:|---:|---:|---|"]
         lines += [f"| {label} | {_f(r['psnr_rgb'])} | {_f(r['psnr_y'])} | {_f(r['ssim_y'], 4)} | "
@@ -218,9 +219,9 @@ def misses(sr: dict | None, odm: dict | None, enh: dict | None, quick: bool) -> 
                        "picks other source pixels than PyTorch's. The depth-to-space upsampling of the next row "
                        "exports with dynamic shape and is exact, which is why qatie_unet_int8 uses it.")
     if quick:
-        out.append("Quick mode: 150-step QAT (120 in the ODM ablation, without its open-choice rows) after "
-                   "700-1500-step FP32 trainings on 29 photos; full mode (`make bench`, a few hours) has not been "
-                   "run for this file.")
+        out.append("Quick mode: 150-step QAT (120 in the ODM ablation; its open-choice rows only with "
+                   "--choices) after 700-1500-step FP32 trainings on 29 photos; full mode (`make bench`, a few "
+                   "hours) has not been run for this file.")
     return out
 
 
