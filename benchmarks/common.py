@@ -168,6 +168,18 @@ def update_json(path: Path, update) -> None:
         save_json(data, path)
 
 
+def merge_entry(path: Path, result: dict, name: str, order, sections=("models",)) -> None:
+    """Add one job's ``result[section][name]`` entries to the shared result file, keeping each
+    section in ``order`` (jobs finish in any order); other top-level keys come from ``result``."""
+    def update(shared: dict) -> None:
+        shared.update({k: v for k, v in result.items() if k not in sections})
+        for section in sections:
+            if name in result.get(section, {}):
+                both = dict(shared.get(section, {}), **{name: result[section][name]})
+                shared[section] = {k: both[k] for k in order if k in both}
+    update_json(path, update)
+
+
 def load_json(path: Path):
     return json.loads(Path(path).read_text()) if Path(path).is_file() else None
 

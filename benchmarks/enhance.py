@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common import BenchSettings, eval_artifact, make_config, run_training, standalone, update_json
+from common import BenchSettings, eval_artifact, make_config, merge_entry, run_training, standalone
 
 from quantir.export.from_checkpoint import export_checkpoint
 from quantir.train import checkpoint
@@ -94,12 +94,7 @@ def run(settings: BenchSettings) -> dict:
             row["INT8 TFLite (PTQ percentile)"] = None
             row["ptq_error"] = " ".join(str(err).split())[:300]
         result["variants"][label] = row
-
-        def merge(r, label=label):  # parallel jobs add their variants; keep the table in STEPS order
-            r.update({k: v for k, v in result.items() if k != "variants"})
-            both = dict(r.get("variants", {}), **{label: result["variants"][label]})
-            r["variants"] = {k: both[k] for k in STEPS if k in both}
-        update_json(settings.out / "enhance.json", merge)
+        merge_entry(settings.out / "enhance.json", result, label, STEPS, sections=("variants",))
     return result
 
 

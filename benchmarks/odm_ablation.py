@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BenchSettings, load_json, make_config, run_training, standalone, update_json
-from sr_quant import MODELS, _in_order, fp32_config
+from common import BenchSettings, load_json, make_config, merge_entry, run_training, standalone
+from sr_quant import MODELS, fp32_config
 
 LAM = 1.0e-5
 VARIANTS = {
@@ -84,18 +84,11 @@ def run(settings: BenchSettings) -> dict:
             choices[label] = {m: float(np.mean([r[m] for r in per_seed])) for m in ("psnr_rgb", "psnr_y", "ssim_y")}
             choices[label]["psnr_rgb_per_seed"] = [r["psnr_rgb"] for r in per_seed]
         if choices:
-            command = " ".join([f"python benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])
-            result.setdefault("choices_commands", {})[name] = command
-        if choices:
             result.setdefault("choices_W4A4", {})[name] = choices
-
-        def merge(r, name=name):
-            r.update({k: v for k, v in result.items() if k not in ("models", "choices_W4A4", "choices_commands")})
-            r["models"] = _in_order(r.get("models", {}), name, result["models"][name])
-            if name in result.get("choices_W4A4", {}):
-                r.setdefault("choices_W4A4", {})[name] = result["choices_W4A4"][name]
-                r.setdefault("choices_commands", {})[name] = result["choices_commands"][name]
-        update_json(settings.out / "odm_ablation.json", merge)
+            result.setdefault("choices_commands", {})[name] = " ".join(
+                [f"python benchmarks/{Path(sys.argv[0]).name}"] + sys.argv[1:])
+        merge_entry(settings.out / "odm_ablation.json", result, name, MODELS,
+                    sections=("models", "choices_W4A4", "choices_commands"))
     return result
 
 

@@ -34,8 +34,8 @@ RESULT_FILES = {"sr": "sr_quant.json", "odm": "odm_ablation.json", "enhance": "e
 
 
 def training_jobs(parts: list[str]) -> list[tuple[str, list[str]]]:
-    """Independent units of training work, longest first: one per SR network (its table-1 runs, then
-    its ODM rows, which start from the same FP32 weights) and one per enhancement variant."""
+    """Independent units of training work, the long SR chains first: one per SR network (its table-1
+    runs, then its ODM rows, which start from the same FP32 weights) and one per enhancement variant."""
     jobs = []
     chain = [p for p in ("sr", "odm") if p in parts]
     if chain:

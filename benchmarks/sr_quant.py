@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, run_training, standalone, update_json
+from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, merge_entry, run_training, standalone
 
 from quantir.data.datasets import sr_pairs
 from quantir.export.from_checkpoint import calibration_inputs, export_checkpoint
@@ -62,12 +62,6 @@ def qat_config(settings: BenchSettings, spec: dict, quant: dict, formats):
         "export": {"enabled": True, "formats": formats, "parity_limit": 8 if settings.quick or settings.smoke else None},
     }
     return make_config(settings, "sr", base)
-
-
-def _in_order(models: dict, name: str, entry: dict) -> dict:
-    """Add one network's entry (parallel jobs finish in any order); keep the MODELS order."""
-    both = dict(models, **{name: entry})
-    return {k: both[k] for k in MODELS if k in both}
 
 
 def _delta(rows: dict) -> dict:
@@ -153,9 +147,7 @@ def run(settings: BenchSettings) -> dict:
                           "fp32_tflite": str(out / name / "qat" / "export" / "model_float.tflite")},
             "fp32_config": str(fp32_dir / "config.yaml"),
         }
-        update_json(settings.out / "sr_quant.json",
-                    lambda r, name=name: r.update({k: v for k, v in result.items() if k != "models"},
-                                                  models=_in_order(r.get("models", {}), name, result["models"][name])))
+        merge_entry(settings.out / "sr_quant.json", result, name, MODELS)
     return result
 
 

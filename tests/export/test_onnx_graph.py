@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from quantir.export import onnx_graph
 from quantir.quant.exact import exact_add
@@ -21,25 +20,17 @@ def _session(model: onnx.ModelProto, optimized_path=None) -> ort.InferenceSessio
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _qdq_binary(op: str, sa, za, sb, zb, so, zo) -> onnx.ModelProto:
-    """int8 a, b -> DQ -> op -> Q -> int8, the way the exporter spells one quantized node."""
-    c = lambda name, v, t: numpy_helper.from_array(np.array(v, t), name)  # noqa: E731
-    inits = [c("sa", sa, np.float32), c("za", za, np.int8), c("sb", sb, np.float32), c("zb", zb, np.int8),
-             c("so", so, np.float32), c("zo", zo, np.int8)]
-    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"], name="dqa"),
-             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"], name="dqb"),
-             helper.make_node(op, ["fa", "fb"], ["y"], name="op"),
-             helper.make_node("QuantizeLinear", ["y", "so", "zo"], ["q"], name="q")]
-    io = lambda n: helper.make_tensor_value_info(n, TensorProto.INT8, [None])  # noqa: E731
-    graph = helper.make_graph(nodes, "g", [io("a"), io("b")], [io("q")], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+def _add_model(sa, za, sb, zb, so, zo) -> onnx.ModelProto:
+    """int8 a, b -> DQ -> Add -> Q -> int8, the way the exporter spells one quantized add."""
+    qparams = [(np.float32(s), np.int8(z)) for s, z in ((sa, za), (sb, zb), (so, zo))]
+    return onnx_graph._single_add_model(qparams, np.int8)
 
 
 @pytest.mark.parametrize("scales", [(0.02, 3, 0.04, -7, 0.05, 2), (0.1, 0, 0.05, 0, 0.1, -5),
                                     (0.0123, -128, 0.0077, 20, 0.0301, -10)])
 def test_integer_add_equals_the_xnnpack_add_emulation_on_every_input_pair(scales):
     sa, za, sb, zb, so, zo = scales
-    model = _qdq_binary("Add", *scales)
+    model = _add_model(*scales)
     onnx_graph.integer_add(model)
     onnx.checker.check_model(model)
     a, b = (g.ravel().astype(np.int8) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)))
@@ -52,10 +43,10 @@ def test_integer_add_equals_the_xnnpack_add_emulation_on_every_input_pair(scales
 def test_plain_qdq_add_rounds_ties_differently_which_is_why_the_rewrite_exists():
     scales = (0.1, 0, 0.05, 0, 0.1, -5)  # b/out = 1/2: many sums land on x.5
     a, b = (g.ravel().astype(np.int8) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)))
-    rewritten = _qdq_binary("Add", *scales)
+    rewritten = _add_model(*scales)
     onnx_graph.integer_add(rewritten)
     got = _session(rewritten).run(None, {"a": a, "b": b})[0].astype(int)
-    plain = _session(_qdq_binary("Add", *scales)).run(None, {"a": a, "b": b})[0].astype(int)
+    plain = _session(_add_model(*scales)).run(None, {"a": a, "b": b})[0].astype(int)
     diff = np.abs(plain - got)
     assert diff.max() == 1 and (diff > 0).mean() > 0.05
     assert "Gather" in [n.op_type for n in rewritten.graph.node]  # replaced by the table lookup

@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from quantir.quant.exact import xnnpack_add_multipliers
+
 
 def make_exact(model: onnx.ModelProto) -> onnx.ModelProto:
     for rewrite in (relu_after_quantize, activations_to_uint8, lookup_tables, integer_add):
@@ -46,6 +48,8 @@ class _Graph:
 
     def __init__(self, model: onnx.ModelProto):
         self.g = model.graph
+        for k, n in enumerate(self.g.node):  # rewrites address nodes by name: give every node one
+            n.name = n.name or f"_unnamed_{n.op_type}_{k}"
         self.const = {t.name: numpy_helper.to_array(t) for t in self.g.initializer}
         self.producer = {o: n for n in self.g.node for o in n.output}
         self.consumers = collections.defaultdict(list)
@@ -170,9 +174,7 @@ def lookup_tables(model: onnx.ModelProto) -> None:
 
 def _xnnpack_add_table(sa, za, sb, zb, so, zo) -> np.ndarray:
     """out[qa, qb] of XNNPACK's int8 ADD (quant/exact.py exact_add) for every input pair."""
-    ra, rb = np.float32(sa / so), np.float32(sb / so)
-    shift = int(21 - np.frexp(max(ra, rb))[1])  # 20 fractional bits above the larger multiplier
-    ma, mb = (int(np.rint(r * np.float32(2.0**shift))) for r in (ra, rb))
+    ma, mb, shift = xnnpack_add_multipliers(sa, sb, so)
     info = np.iinfo(zo.dtype)
     qa, qb = np.meshgrid(np.arange(info.min, info.max + 1), np.arange(info.min, info.max + 1), indexing="ij")
     acc = qa * ma + qb * mb + ((1 << (shift - 1)) - ma * int(za) - mb * int(zb))
@@ -221,19 +223,19 @@ def integer_add(model: onnx.ModelProto) -> None:
             continue  # onnxruntime's fused add already computes XNNPACK's numbers: keep the faster kernel
         p = n.name + "_table"
         flat = gr.add_const(p, table.ravel())
-        offset = -int(np.iinfo(table.dtype).min)
         c = lambda suffix, v: gr.add_const(p + suffix, np.array(v, np.int32))  # noqa: E731
-        replaced[n.name] = [
+        offset = -int(np.iinfo(table.dtype).min)  # int8 codes: shift both to 0..255
+        index = p + "_index"
+        nodes = [
             helper.make_node("Cast", [dqs[0].input[0]], [p + "_a"], to=TensorProto.INT32, name=p + "_cast_a"),
             helper.make_node("Cast", [dqs[1].input[0]], [p + "_b"], to=TensorProto.INT32, name=p + "_cast_b"),
             helper.make_node("Mul", [p + "_a", c("_row", 256)], [p + "_a_row"], name=p + "_row"),
-            helper.make_node("Add", [p + "_a_row", p + "_b"], [p + "_index"], name=p + "_index"),
-            helper.make_node("Gather", [flat, p + "_index"], [q.output[0]], axis=0, name=p + "_gather"),
+            helper.make_node("Add", [p + "_a_row", p + "_b"], [p + "_ab" if offset else index], name=p + "_ab"),
         ]
-        if offset:  # int8 codes: shift both to 0..255
-            replaced[n.name][3].output[0] = p + "_ab"
-            replaced[n.name].insert(4, helper.make_node("Add", [p + "_ab", c("_offset", offset * 257)],
-                                                        [p + "_index"], name=p + "_offset"))
+        if offset:
+            nodes.append(helper.make_node("Add", [p + "_ab", c("_offset", offset * 257)], [index], name=p + "_offset"))
+        nodes.append(helper.make_node("Gather", [flat, index], [q.output[0]], axis=0, name=p + "_gather"))
+        replaced[n.name] = nodes
         dropped.add(q.name)
         dropped.update(d.name for d in dqs if len(gr.consumers[d.output[0]]) == 1)
     gr.replace(replaced, dropped)

@@ -24,6 +24,7 @@ integer reference stays bit-exact with the fake-quant model.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
@@ -112,6 +113,15 @@ def _grid(x, scale, zp) -> torch.Tensor:
     return (torch.round(x / _scale(scale)) + _zp(zp)).to(torch.int64)
 
 
+def xnnpack_add_multipliers(s_a: float, s_b: float, s_out: float) -> tuple[int, int, int]:
+    """(ma, mb, shift) of XNNPACK's int8 ADD: s_a/s_out and s_b/s_out as integers with 20 fractional
+    bits above the larger one, computed in float32 as the kernel's setup does."""
+    ra, rb = np.float32(s_a) / np.float32(s_out), np.float32(s_b) / np.float32(s_out)
+    shift = int(21 - np.frexp(max(ra, rb))[1])  # max = m * 2^exp, m in [0.5, 1): 20 - (IEEE exponent)
+    ma, mb = (int(np.rint(r * np.float32(2.0**shift))) for r in (ra, rb))
+    return ma, mb, shift
+
+
 def exact_add(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
     """int8 ADD as XNNPACK computes it: 20-bit fixed-point multipliers, round half up, saturate."""
     plain = a + b
@@ -119,11 +129,7 @@ def exact_add(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
         return plain
     with torch.no_grad():
         s_o = _scale(s_out)
-        ra, rb = _scale(s_a) / s_o, _scale(s_b) / s_o
-        _, exp = torch.frexp(torch.maximum(ra, rb))  # max = m * 2^exp, m in [0.5, 1)
-        shift = int(21 - exp)  # XNNPACK: 20 - (IEEE exponent), IEEE exponent = exp - 1
-        ma = int(torch.round(ra * 2.0**shift))
-        mb = int(torch.round(rb * 2.0**shift))
+        ma, mb, shift = xnnpack_add_multipliers(float(_scale(s_a)), float(_scale(s_b)), float(s_o))
         za, zb, zo = int(_zp(z_a)), int(_zp(z_b)), int(_zp(z_out))
         acc = _grid(a, s_a, z_a) * ma + _grid(b, s_b, z_b) * mb + ((1 << (shift - 1)) - ma * za - mb * zb)
         q = torch.clamp(torch.div(acc, 1 << shift, rounding_mode="floor") + zo, -128, 127)
