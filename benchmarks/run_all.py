@@ -23,6 +23,8 @@ import torch
 
 from common import ROOT, BenchSettings, load_json, save_json
 
+from quantir.errors import DataError
+
 import enhance  # noqa: E402
 import odm_ablation  # noqa: E402
 import report  # noqa: E402
@@ -108,6 +110,11 @@ def main() -> None:
         sys.exit("sample photos missing: run 'quantir data fetch samples --out data/samples' (make samples)")
     torch.set_num_threads(settings.threads)
     parts = args.only or list(PARTS)
+    try:  # a wrong --div2k / --dped folder: one line now, not a traceback from every job later
+        for task in ("sr", "enhance"):
+            settings.calib_dir(task), settings.parity_dir(task)
+    except DataError as err:
+        sys.exit(str(err))
     if args.job:
         for name in parts:
             PARTS[name](settings)
