@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from quantir import config as config_io
+from quantir.data.datasets import PairSequence
+from quantir.evaluate.evaluate import evaluate
+from quantir.train.config import TrainConfig
 
-from quantir import config as config_io  # noqa: E402
-from quantir.data.datasets import PairSequence  # noqa: E402
-from quantir.evaluate.evaluate import evaluate  # noqa: E402
-from quantir.train.config import TrainConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # quantir itself comes from the installed package (make venv)
 
 
 @dataclasses.dataclass
@@ -193,6 +192,8 @@ def git_rev() -> str:
 
 
 def uint8_predictor(model):
-    from quantir.export.parity import torch_uint8
+    from functools import partial
 
-    return lambda img: np.clip(np.round(torch_uint8(model, img)), 0, 255).astype(np.uint8)
+    from quantir.models.apply import run_uint8
+
+    return partial(run_uint8, model)

@@ -15,8 +15,10 @@ import torch
 
 from common import BenchSettings, eval_artifact, make_config, merge_entry, run_training, standalone
 
+from quantir.export.config import ExportConfig
 from quantir.export.from_checkpoint import export_checkpoint
-from quantir.train import checkpoint
+from quantir.train.data import eval_pairs
+from quantir.quant import checkpoint
 
 STEPS = {
     # label: model options on top of qatie_unet (paper): the int8 changes accumulate
@@ -82,14 +84,11 @@ def run(settings: BenchSettings) -> dict:
         row = {"input": ev["input"], "FP32": ev["FP32 (fused)"], "INT8 fake-quant (QAT)": ev["INT8 fake-quant"],
                "INT8 TFLite (QAT)": ev.get("INT8 TFLite"), "parity": res["parity"].get("tflite"),
                "export_error": res.get("export_error"),
-               "tanh_concat_levels": tanh_concat_levels(run_dir / "checkpoints" / "qat_final.pt")}
-        from quantir.train.data import _eval_pairs
-
+               "tanh_concat_levels": tanh_concat_levels(run_dir / "checkpoints" / f"qat_final{checkpoint.SUFFIX}")}
         try:
-            export_checkpoint(run_dir / "checkpoints" / "deploy_fp32.pt", run_dir / "ptq", formats=("tflite",),
-                              ptq="percentile", calib_dir=settings.calib_dir("enhance"))
-            row["INT8 TFLite (PTQ percentile)"] = eval_artifact(run_dir / "ptq" / "model_int8.tflite",
-                                                                _eval_pairs(cfg, 1), 0)
+            export_checkpoint(run_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}", run_dir / "ptq",
+                              ExportConfig(formats=("tflite",)), ptq="percentile", calib_dir=settings.calib_dir("enhance"))
+            row["INT8 TFLite (PTQ percentile)"] = eval_artifact(run_dir / "ptq" / "model_int8.tflite", eval_pairs(cfg), 0)
         except (ValueError, RuntimeError) as err:
             row["INT8 TFLite (PTQ percentile)"] = None
             row["ptq_error"] = " ".join(str(err).split())[:300]

@@ -16,6 +16,8 @@ import numpy as np
 from common import BenchSettings, load_json, make_config, merge_entry, run_training, standalone
 from sr_quant import MODELS, fp32_config
 
+from quantir.quant import checkpoint
+
 LAM = 1.0e-5
 VARIANTS = {
     "(a) baseline": {},
@@ -55,7 +57,7 @@ def run(settings: BenchSettings) -> dict:
     for name, spec in settings.selected(MODELS).items():
         fp32_dir = settings.out / "sr" / name / "fp32"
         run_training(fp32_config(settings, spec), fp32_dir)  # reused when table 1 already trained it
-        deploy = str(fp32_dir / "checkpoints" / "deploy_fp32.pt")
+        deploy = str(fp32_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}")
         patch = spec["fp32_quick" if settings.quick else "fp32_full"][1]
         result["models"][name] = {}
         for bits in (4, 2):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from common import BenchSettings, eval_artifact, eval_fn, machine, make_config, merge_entry, run_training, standalone
 
-from quantir.data.datasets import sr_pairs
+from quantir.export.config import ExportConfig
 from quantir.export.from_checkpoint import calibration_inputs, export_checkpoint
-from quantir.train import checkpoint
+from quantir.quant import checkpoint
+from quantir.train.data import eval_pairs
 
 MODELS = {
     "mobileone_sr": {"model": "mobileone_sr", "fp32_full": (3000, 40), "fp32_quick": (1500, 32), "stage2": True},
@@ -77,24 +78,24 @@ def exact_conv_ablation(qat_ckpt: Path, out: Path, parity_dir: Path) -> dict:
     rows = {}
     for exact in (False, True):
         rec = dict(record, quant_config=dict(record["quant_config"], exact_conv=exact))
-        tmp = out / f"exact_{exact}.pt"
+        tmp = out / f"exact_{exact}{checkpoint.SUFFIX}"
         checkpoint.save(rec, tmp)
-        res = export_checkpoint(tmp, out / f"exact_{exact}", formats=("tflite",), parity_dir=str(parity_dir))
-        rows["integer-exact convs" if exact else "float32 convs"] = res["parity"]["tflite"]
+        res = export_checkpoint(tmp, out / f"exact_{exact}", ExportConfig(formats=("tflite",)), parity_dir=parity_dir)
+        rows["integer-exact convs" if exact else "float32 convs"] = res["parity"].to_dict()["tflite"]
     return rows
 
 
 def speed_artifacts(qat_ckpt: Path, out: Path) -> dict:
     """Static 360x640 INT8 TFLite with and without the native DEPTH_TO_SPACE rewrite (for table 4)."""
     from quantir.export import tflite as tfe
-    from quantir.export.api import _meta
+    from quantir.export.api import artifact_metadata
     from quantir.quant.api import convert
 
     record = checkpoint.load(qat_ckpt)
     q = checkpoint.build_qat(record)
     fl = checkpoint.build_float(record["float"])
     c = convert(q)
-    meta = _meta(q.info, fl)
+    meta = artifact_metadata(q.info, fl)
     out.mkdir(parents=True, exist_ok=True)
     a = tfe.export_int8(c, out / "int8_360x640_d2s.tflite", meta, shape=(360, 640), native_d2s=True)
     b = tfe.export_int8(c, out / "int8_360x640_reshape.tflite", meta, shape=(360, 640), native_d2s=False)
@@ -111,21 +112,18 @@ def run(settings: BenchSettings) -> dict:
         cfg = fp32_config(settings, spec)
         fp32_dir = out / name / "fp32"
         fp32_res = run_training(cfg, fp32_dir)
-        deploy = fp32_dir / "checkpoints" / "deploy_fp32.pt"
+        deploy = fp32_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}"
         ev = fp32_res["eval"]
         rows = {"bicubic": ev["bicubic"], "FP32": ev["FP32 (fused)"]}
-        pairs = sr_pairs(cfg.data.eval_dir, 3, limit=cfg.data.eval_limit) if cfg.data.layout == "folder" else None
-        if pairs is None:
-            from quantir.train.data import _eval_pairs
-
-            pairs = _eval_pairs(cfg, 1)
+        pairs = eval_pairs(cfg)
         calib_dir, parity_dir = settings.calib_dir("sr"), settings.parity_dir("sr")
         parity = {}
         for label, method in PTQ_METHODS.items():
-            res = export_checkpoint(deploy, out / name / method, formats=("tflite",), ptq=method, calib_dir=calib_dir,
+            res = export_checkpoint(deploy, out / name / method, ExportConfig(formats=("tflite",)), ptq=method,
+                                    calib_dir=calib_dir,
                                     parity_dir=parity_dir, parity_limit=4)
             rows[label] = eval_artifact(out / name / method / "model_int8.tflite", pairs, 3)
-            parity[label] = res["parity"]
+            parity[label] = res["parity"].to_dict()
         float_model = checkpoint.build_float(checkpoint.load(deploy))
         calib = list(calibration_inputs(float_model.info, calib_dir, n=32, size=96))
         ort_path = ort_quantize_static(float_model, calib, out / name / "ort")
@@ -138,7 +136,7 @@ def run(settings: BenchSettings) -> dict:
             rows[label] = res["eval"]["INT8 TFLite"]
             rows[label]["fakequant_psnr_rgb"] = res["eval"]["INT8 fake-quant"]["psnr_rgb"]
             parity[label] = res["parity"]
-        qat_ckpt = out / name / "qat" / "checkpoints" / "qat_final.pt"
+        qat_ckpt = out / name / "qat" / "checkpoints" / f"qat_final{checkpoint.SUFFIX}"
         result["models"][name] = {
             "rows": _delta(rows), "parity": parity,
             "exact_conv": exact_conv_ablation(qat_ckpt, out / name / "exact", Path(parity_dir)),

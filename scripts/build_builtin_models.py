@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from quantir.data.task import ModelInfo, Task
+from quantir.evaluate.evaluate import evaluate, format_table
+from quantir.export.runtime import load_runtime
 
-from quantir.data.datasets import enhance_pairs, sr_pairs  # noqa: E402
-from quantir.evaluate.evaluate import bicubic_predictor, evaluate, format_table, identity_predictor  # noqa: E402
-from quantir.export.runtime import load_runtime  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # quantir itself comes from the installed package (make venv)
 
 ASSETS = ROOT / "src" / "quantir" / "assets"
 BUILDS = {"sr_x3": ("configs/builtin_sr_x3.yaml", "runs/builtin_sr"),
@@ -50,11 +49,11 @@ def train(config: str, run_dir: str) -> None:
 
 def slim_checkpoint(src: Path, dst: Path) -> None:
     """The torch backend needs the QAT graph only: drop the FP32 reference (half the size)."""
-    import torch
+    from quantir.quant import checkpoint
 
-    record = torch.load(src, map_location="cpu", weights_only=False)
+    record = checkpoint.load(src)
     record.pop("float", None)
-    torch.save(record, dst)
+    checkpoint.save(record, dst)
 
 
 def install(name: str, config: str, run_dir: str) -> None:
@@ -67,7 +66,7 @@ def install(name: str, config: str, run_dir: str) -> None:
     for f in ("model_int8.tflite", "model_int8.onnx", "parity.json"):
         shutil.copy2(src / "export" / f, dst / f)
     shutil.copy2(src / "config.yaml", dst / "config.yaml")
-    slim_checkpoint(src / "checkpoints" / "qat_final.pt", dst / "qat_final.pt")
+    slim_checkpoint(src / "checkpoints" / "qat_final.safetensors", dst / "qat_final.safetensors")
     card = (src / "export" / "model_card.md").read_text()
     card += (f"\n## How this built-in model was made\n\nTrained by quantir's own pipeline on the sample photos "
              f"(training split only):\n\n```\nquantir data fetch samples --out data/samples --sets train train-ext "
@@ -78,13 +77,15 @@ def install(name: str, config: str, run_dir: str) -> None:
 
 def measure() -> dict:
     rows_sr, rows_en = {}, {}
-    sr = sr_pairs(EVAL, 3)
-    rows_sr["bicubic"] = evaluate(bicubic_predictor(3), sr, 3)
-    rows_sr["built-in x3 (INT8 TFLite)"] = evaluate(load_runtime(ASSETS / "sr_x3" / "model_int8.tflite").run, sr, 3)
-    en = enhance_pairs(EVAL, seed=0)
-    rows_en["degraded input"] = evaluate(identity_predictor(), en, 0)
+    info_sr, info_en = ModelInfo(Task.SR, scale=3), ModelInfo(Task.ENHANCE)
+    sr = info_sr.eval_pairs(EVAL)
+    rows_sr["bicubic"] = evaluate(info_sr.baseline(), sr, info_sr.border)
+    rows_sr["built-in x3 (INT8 TFLite)"] = evaluate(load_runtime(ASSETS / "sr_x3" / "model_int8.tflite").run, sr,
+                                                    info_sr.border)
+    en = info_en.eval_pairs(EVAL, seed=0)
+    rows_en["degraded input"] = evaluate(info_en.baseline(), en, info_en.border)
     rows_en["built-in enhancer (INT8 TFLite)"] = evaluate(
-        load_runtime(ASSETS / "enhance" / "model_int8.tflite").run, en, 0)
+        load_runtime(ASSETS / "enhance" / "model_int8.tflite").run, en, info_en.border)
     strip = lambda rows: {k: {m: v for m, v in r.items() if m != "per_image"} for k, r in rows.items()}
     return {"sr": strip(rows_sr), "enhance": strip(rows_en)}
 

@@ -22,7 +22,7 @@ def test_builtin_artifacts_are_int8_and_carry_their_recipe(task):
     ops = [r["op"] for r in tg.op_table(tg.read(path.read_bytes()))]
     assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops
     parity = json.loads((folder / "parity.json").read_text())
-    assert parity["tflite"]["all_int8"] and parity["tflite"]["max_lsb"] <= 1
+    assert parity["tflite"]["all_int8"] and parity["tflite"]["max_lsb"] == 0
     rt = load_runtime(path, threads=1)
     assert rt.task == task and rt.scale == (3 if task == "sr" else 1)
 

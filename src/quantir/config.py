@@ -14,8 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from quantir.errors import ConfigError
 
 T = TypeVar("T")
@@ -107,6 +105,8 @@ def from_dict(cls: type[T], data: dict | None, path: str = "") -> T:
         kwargs[name] = _convert(hints[name], value, f"{path}.{name}" if path else name)
     try:
         return cls(**kwargs)
+    except ConfigError as err:  # __post_init__ names the field; add where the dataclass sits in the config
+        raise ConfigError(f"{path}.{err}" if path else str(err)) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
 
@@ -151,11 +151,20 @@ def parse_overrides(items: list[str] | None) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _yaml().safe_load(raw)
     return out
 
 
+def _yaml():
+    # Imported on use: the torch-free inference install has no PyYAML, and its configs
+    # (DegradationConfig, ModelInfo) never touch a file.
+    import yaml
+
+    return yaml
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
+    yaml = _yaml()
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -175,10 +184,29 @@ def load(cls: type[T], path: str | Path | None = None, overrides: dict | None = 
 def dump(obj, path: str | Path) -> None:
     from quantir.utils import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False))
+    atomic_write_text(Path(path), dump_text(obj))
 
 
-def require(cond: bool, message: str) -> None:
-    """Validation helper for ``__post_init__``: raise a one-line ConfigError when ``cond`` fails."""
-    if not cond:
-        raise ConfigError(message)
+def dump_text(obj) -> str:
+    return _yaml().safe_dump(to_dict(obj), sort_keys=False)
+
+
+def check_choices(obj) -> None:
+    """Validate the closed-set fields (``Literal`` / ``Enum``) of a dataclass built directly in code.
+
+    ``from_dict`` already rejects a bad value with its key path; this covers ``Config(field=...)``
+    calls, so a typo cannot slip past a config built in Python. Call it from ``__post_init__``.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp, value = hints[f.name], getattr(obj, f.name)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is tuple and args and typing.get_origin(args[0]) is typing.Literal:
+            choices, values = typing.get_args(args[0]), tuple(value)  # tuple[Literal[...], ...]
+        elif origin is typing.Literal:
+            choices, values = args, (value,)
+        else:
+            continue
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise ConfigError(f"{type(obj).__name__}.{f.name}: {bad[0]!r} is not one of {list(choices)}")

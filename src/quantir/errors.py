@@ -22,5 +22,21 @@ class DataError(QuantirError):
     """A dataset folder is missing, empty or inconsistent, or a download failed."""
 
 
+class OutputError(QuantirError):
+    """An output file cannot be written (folder missing or read-only, disk full, name collision)."""
+
+
 class ModelFileError(QuantirError):
     """A model file is missing, corrupt, or made for another task or scale."""
+
+
+class TrainingError(QuantirError):
+    """A training run cannot go on (diverged, or its run folder is not resumable)."""
+
+    exit_code = 3
+
+
+def require(cond: bool, message: str) -> None:
+    """Validation helper for ``__post_init__``: raise a one-line ConfigError when ``cond`` fails."""
+    if not cond:
+        raise ConfigError(message)

@@ -14,13 +14,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantir.data.io import READ_SUFFIXES, Photo, load_photo, output_format, write_image
-from quantir.errors import ImageError, ModelFileError, QuantirError
-from quantir.evaluate.tiling import tiled_apply
+from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, WRITE_FORMATS, Photo, load_photo, output_format,
+                             write_image)
+from quantir.data.tiling import tiled_apply
+from quantir.data.task import Task
+from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
+from quantir.evaluate.predictors import load_model
+from quantir.utils import check_writable, remove_stale_temps
 
 ASSETS = Path(__file__).with_name("assets")
+# Tile overlap in input pixels: above each model's receptive-field radius, so tiles blend exactly.
+OVERLAP = {Task.SR: 32, Task.ENHANCE: 48}
+
+
+def min_tile(task: str) -> int:
+    """The smallest tile side that leaves a core between the two overlaps."""
+    return 2 * OVERLAP[Task(task)] + 8
+
 BUILTIN = {"sr": "sr_x3", "enhance": "enhance"}
-BACKEND_FILES = {"tflite": "model_int8.tflite", "onnx": "model_int8.onnx", "torch": "qat_final.pt"}
+BACKEND_FILES = {"tflite": "model_int8.tflite", "onnx": "model_int8.onnx", "torch": "qat_final.safetensors"}
 
 
 def builtin_model(task: str, backend: str = "tflite") -> Path:
@@ -36,32 +48,60 @@ class Job:
     target: Path
 
 
+def _scan(folder: Path) -> list[Path]:
+    """Photos directly in ``folder``, by name; hidden files (other tools' and our own temporaries) are skipped."""
+    return sorted(f for f in folder.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in READ_SUFFIXES)
+
+
+def _unique_names(files: list[Path], suffix: str) -> list[str]:
+    """One output name per input, never shared: ``stem.ext``, or ``stem_<input ext>.ext`` when several
+    inputs share a stem, then a counter if even that is taken (a.jpg, a.png, a_2.png -> a_jpg, a_png, a_2)."""
+    stems = [f.stem for f in files]
+    wanted = [f"{f.stem}_{f.suffix.lstrip('.').lower()}" if stems.count(f.stem) > 1 else f.stem for f in files]
+    taken: set[str] = set()
+    names = []
+    for name in wanted:
+        cand, k = name, 2
+        while cand.lower() in taken or f"{cand}_compare".lower() in taken:
+            cand, k = f"{name}_{k}", k + 1
+        taken.update({cand.lower(), f"{cand}_compare".lower()})  # case-insensitive file systems too
+        names.append(f"{cand}{suffix}")
+    return names
+
+
 def plan_jobs(inputs: list[str], output: str, ext: str | None = None) -> list[Job]:
-    """Map input files/folders to output paths; several inputs (or a folder) need a folder output."""
+    """Map input files/folders to output paths; several inputs (or a folder) need a folder output.
+
+    Every input gets its own output path, and no output may be one of the inputs.
+    """
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in READ_SUFFIXES)
+            found = _scan(p)
+            if not found:
+                raise ImageError(f"{p}: no photos in this folder (looked for {', '.join(READ_SUFFIXES)})")
+            files += found
         else:
             files.append(p)  # missing files are reported per job
     out = Path(output)
-    folder_mode = len(files) != 1 or any(Path(i).is_dir() for i in inputs) or out.is_dir() or not out.suffix
-    if not folder_mode:
+    several = len(files) != 1 or any(Path(i).is_dir() for i in inputs)
+    if several and out.suffix.lower() in WRITE_FORMATS and not out.is_dir():
+        raise ImageError(f"{out}: {len(files)} inputs need an output folder, not a file name")
+    if not several and not out.is_dir() and out.suffix:
         output_format(out)  # unknown extension: fail before any work
-        return [Job(files[0], out)]
-    suffix = ext or ".png"
-    if not suffix.startswith("."):
-        suffix = "." + suffix
-    output_format(Path("x" + suffix))
-    names: dict[str, int] = {}
-    jobs = []
-    for f in files:
-        stem = f.stem
-        names[stem] = names.get(stem, 0) + 1
-        if names[stem] > 1:
-            stem = f"{stem}_{names[stem]}"
-        jobs.append(Job(f, out / f"{stem}{suffix}"))
+        jobs = [Job(files[0], out)]
+    else:
+        suffix = ext or ".png"
+        if not suffix.startswith("."):
+            suffix = "." + suffix
+        output_format(Path("x" + suffix))
+        jobs = [Job(f, out / name) for f, name in zip(files, _unique_names(files, suffix))]
+    sources = {f.resolve() for f in files if f.exists()}
+    for job in jobs:
+        if job.target.resolve() in sources:
+            raise ImageError(f"{job.target}: is an input; writing it would destroy the original (choose another -o)")
     return jobs
 
 
@@ -87,45 +127,56 @@ class Processor:
 
     def __init__(self, model_path: Path, task: str, scale: int, backend: str = "tflite", tile: int = 256,
                  threads: int = 2):
+        if tile < min_tile(task):
+            raise ConfigError(f"tile {tile} is too small: use at least {min_tile(task)} input pixels")
         self.task, self.backend, self.tile = task, backend, tile
-        if backend == "torch":
-            from quantir.train.checkpoint import load_torch_predictor
-
-            self.model = load_torch_predictor(model_path)
-        else:
-            from quantir.export.runtime import load_runtime
-
-            self.model = load_runtime(model_path, threads=threads)
-            expected = {"tflite": ".tflite", "onnx": ".onnx"}[backend]
-            if model_path.suffix.lower() != expected:
-                raise ModelFileError(f"{model_path}: backend {backend!r} needs a {expected} file")
+        self.model = load_model(model_path, threads=threads, backend=backend)
         self.model.check(task=task, scale=scale)
         self.scale = self.model.scale
 
     def run(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
-        overlap = 32 if self.task == "sr" else 48
-        tile = max(self.tile, 2 * overlap + 8)
-        return tiled_apply(rgb, self.model.run, scale=self.scale, tile=tile, overlap=overlap, on_tile=on_tile)
+        """The model over ``rgb`` in tiles that agree with the whole-image run.
+
+        For a core that needs sizes divisible by m (the U-Net: 8), the photo is edge-padded to a
+        multiple of m once, as the whole-image run pads it, and tiles of a multiple of m are cut at
+        multiples of m: every tile sees the bottom/right padding the whole image sees and downsamples
+        on the same grid phase (unaligned tiles differed from the whole image by up to 34 levels).
+        """
+        m = self.model.multiple
+        h, w = rgb.shape[:2]
+        ph, pw = (-h) % m, (-w) % m
+        canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
+        out = tiled_apply(canvas, self.model.run, scale=self.scale, tile=self.tile - self.tile % m,
+                          overlap=OVERLAP[self.model.info.task], on_tile=on_tile)
+        return out[: h * self.scale, : w * self.scale] if ph or pw else out
 
     def process(self, job: Job, overwrite: bool, compare: bool, max_pixels: int,
                 on_tile: Callable[[int, int], None] | None = None) -> Path:
-        if job.target.exists() and not overwrite:
-            raise ImageError(f"{job.target}: already exists (use --overwrite)")
-        photo: Photo = load_photo(job.source, max_pixels=max_pixels)
+        targets = [job.target] + ([compare_path(job.target)] if compare else [])
+        for target in targets:  # before decoding anything: nothing is computed for an output we cannot write
+            if target.exists() and not overwrite:
+                raise OutputError(f"{target}: already exists (use --overwrite)")
+            check_writable(target)
+        photo: Photo = load_photo(job.source, max_pixels=max_pixels, scale=self.scale)
         out = self.run(photo.rgb, on_tile)
         alpha = _resize_alpha(photo.alpha, out.shape[:2]) if photo.alpha is not None else None
         gray = photo.source_mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
         write_image(job.target, out, alpha=alpha, icc_profile=photo.icc_profile, grayscale=gray)
         if compare:
-            cmp_path = job.target.with_name(job.target.stem + "_compare.png")
-            write_image(cmp_path, compare_image(photo.rgb, out))
+            write_image(targets[1], compare_image(photo.rgb, out))
         return job.target
 
 
+def compare_path(target: Path) -> Path:
+    return target.with_name(target.stem + "_compare.png")
+
+
 def run_batch(jobs: list[Job], processor: Processor, overwrite: bool = False, compare: bool = False,
-              max_pixels: int = 120_000_000, progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
+              max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Process every job; a failing photo is reported and the rest still run."""
     done, failed = [], []
+    for folder in {job.target.parent for job in jobs}:
+        remove_stale_temps(folder)  # what a killed earlier run left behind (live writers' files are kept)
     bar = None
     if progress:
         from tqdm import tqdm

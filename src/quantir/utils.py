@@ -1,22 +1,65 @@
-"""Small shared helpers: atomic file writes and quiet imports of noisy libraries."""
+"""Small shared helpers: atomic file writes and quiet imports of noisy libraries (torch-free)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
+from quantir.errors import OutputError
+
+# Temporary files of atomic writes: hidden, with no image or model suffix (no folder scan picks one
+# up as an input) and the writer's pid, so leftovers of a killed process can be told apart from the
+# live temporaries of another process writing into the same folder.
+TEMP_SUFFIX = ".quantir-tmp"
+_TEMP_RE = re.compile(rf"^\..+\.(\d+)\.[^.]+{re.escape(TEMP_SUFFIX)}$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def nearest_existing_dir(path: Path) -> Path:
+    """``path`` itself when it exists, else its closest existing ancestor."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(path: str | Path, what: str = "output") -> None:
+    """One-line OutputError unless ``path`` (a file to be written) can be created or replaced."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: cannot write: is a directory, not a file")
+    parent = nearest_existing_dir(p.parent)
+    if not parent.is_dir():
+        raise OutputError(f"{p}: cannot write: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{p}: cannot write: {what} folder {parent} is not writable")
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    The result gets the permissions a plain ``open()`` would give it (0666 minus the umask), not
+    mkstemp's private 0600. On any exception, SystemExit from SIGTERM included, the temporary is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from None
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -24,9 +67,38 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         raise
 
 
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete temporaries that killed quantir processes left in ``folder``; live writers' are kept."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from quantir.data.io import write_image
 from quantir.export.from_checkpoint import calibration_inputs
 from quantir.models import create_model
-from quantir.train.data import _eval_pairs
+from quantir.train.data import eval_pairs
 from tests.conftest import natural_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -30,7 +30,7 @@ def test_sr_tables_use_div2k_train_for_calibration_and_valid_for_evaluation(tmp_
     settings = common.BenchSettings(tmp_path / "out", quick=True, div2k=str(root))
     cfg = sr_quant.fp32_config(settings, sr_quant.MODELS["abpn"])
     assert cfg.data.layout == "div2k" and cfg.data.root == str(root)
-    pairs = _eval_pairs(cfg, 1)
+    pairs = eval_pairs(cfg)
     assert len(pairs) == 2 and pairs[0].input.shape == (32, 32, 3)
     assert Path(settings.calib_dir("sr")).name == "DIV2K_train_HR"
     assert Path(settings.parity_dir("sr")).name == "DIV2K_valid_HR"
@@ -48,7 +48,7 @@ def test_enhancement_table_uses_dped_training_and_test_patches(tmp_path):
     settings = common.BenchSettings(tmp_path / "out", quick=True, dped=str(root))
     cfg = common.make_config(settings, "enhance", {"model": "qatie_unet_int8", "data": {"val_holdout": 2}})
     assert cfg.data.layout == "dped"
-    assert _eval_pairs(cfg, 1) is not None and len(_eval_pairs(cfg, 1)) == 6
+    assert eval_pairs(cfg) is not None and len(eval_pairs(cfg)) == 6
     assert Path(settings.calib_dir("enhance")).parts[-2:] == ("training_data", "iphone")
     assert Path(settings.parity_dir("enhance")).parts[-3:] == ("test_data", "patches", "iphone")
 

@@ -6,19 +6,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from quantir.cli import COMMANDS, main
+from quantir.cli import build_parser, main
 from tests.conftest import natural_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_help_lists_the_seven_subcommands():
+SUBCOMMANDS = {"train", "export", "convert-checkpoint", "eval", "bench", "upscale", "enhance", "data"}
+
+
+def test_parser_has_exactly_the_documented_subcommands():
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == SUBCOMMANDS
+
+
+def test_help_lists_every_subcommand():
     res = subprocess.run([sys.executable, "-m", "quantir", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
     assert res.returncode == 0
-    for cmd in ("train", "export", "eval", "bench", "upscale", "enhance", "data"):
+    for cmd in SUBCOMMANDS:
         assert cmd in res.stdout
-    assert len(COMMANDS) == 7
 
 
 def _png(path, img, mode=None):

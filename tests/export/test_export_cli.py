@@ -22,19 +22,19 @@ def test_export_run_dir_with_fixed_shape(run_dir, tmp_path, capsys):
               "parity.json", "model_card.md", "config.yaml"):
         assert (out / f).is_file(), f
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["tflite"]["max_lsb"] <= 1 and parity["tflite"]["all_int8"]
+    assert parity["tflite"]["max_lsb"] == 0 and parity["tflite"]["all_int8"]
     assert "max LSB" in capsys.readouterr().out
 
 
 def test_export_ptq_needs_calibration_photos(run_dir, tmp_path, capsys):
-    ckpt = run_dir / "checkpoints" / "deploy_fp32.pt"
+    ckpt = run_dir / "checkpoints" / "deploy_fp32.safetensors"
     assert main(["export", str(ckpt), "--out", str(tmp_path / "x")]) == 2
     assert "--ptq" in capsys.readouterr().err
     calib = run_dir.parent / "train"
     assert main(["export", str(ckpt), "--ptq", "mse", "--calib", str(calib), "--out", str(tmp_path / "ptq"),
                  "--format", "tflite", "--parity-data", str(run_dir.parent / "eval")]) == 0
     parity = json.loads((tmp_path / "ptq" / "parity.json").read_text())
-    assert parity["tflite"]["max_lsb"] <= 1
+    assert parity["tflite"]["max_lsb"] == 0
 
 
 def test_bench_reports_rows_without_asserting_speed(run_dir, tmp_path):
@@ -49,7 +49,7 @@ def test_bench_reports_rows_without_asserting_speed(run_dir, tmp_path):
 
 def test_export_rejects_bad_inputs(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope")]) == 2
-    bad = tmp_path / "bad.pt"
+    bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
     assert main(["export", str(bad)]) == 2
     assert main(["export", str(bad), "--shape", "12by4"]) == 2

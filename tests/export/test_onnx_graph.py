@@ -64,11 +64,12 @@ def test_tanh_table_matches_dequantize_tanh_quantize_exactly():
 def test_every_unet_conv_runs_as_an_integer_kernel_in_onnxruntime(tmp_path):
     """Without the rewrites onnxruntime leaves most U-Net convs in float (the cause of the old 3 LSB gap)."""
     from quantir.export.onnx import export_int8
+    from quantir.quant.api import convert
     from tests.export.test_artifacts import _qat_model
 
     qmodel, _ = _qat_model("qatie_unet_int8")
     path = tmp_path / "unet.onnx"
-    export_int8(qmodel, path, {}, {})
+    export_int8(convert(qmodel), path, {}, {})
     opt = tmp_path / "opt.onnx"
     _session(onnx.load(str(path)), opt)
     ops = collections.Counter(n.op_type for n in onnx.load(str(opt)).graph.node)

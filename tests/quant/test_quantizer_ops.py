@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quantir.models.registry import ModelInfo
+from quantir.models import ModelInfo
 from quantir.quant.api import convert, prepare_qat, set_phase
 from quantir.quant.config import QuantConfig
 from quantir.quant.graph_check import float_islands
@@ -12,11 +12,11 @@ from quantir.quant.graph_check import float_islands
 
 class ZooNet(nn.Module):
     """conv+ReLU, avg/max pool, bilinear and nearest resize, sigmoid gate, tanh, mul, add, concat,
-    a mid-graph clamp and minimum, and a [0, 1] output clamp."""
+    a mid-graph clamp and minimum, and a [0, 1] output clamp. A plain nn.Module: what it computes is
+    declared with ``info=`` when it is prepared."""
 
     def __init__(self):
         super().__init__()
-        self.info = ModelInfo(task="enhance", scale=1, pixel_max=1.0, size_multiple=4)
         self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 3, 1)
         self.register_buffer("cap", torch.tensor(4.0))
 
@@ -33,7 +33,7 @@ def test_zoo_model_is_fully_int8_and_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = ZooNet().eval()
     x = torch.rand(2, 3, 16, 16)
-    q = prepare_qat(model, x, QuantConfig())
+    q = prepare_qat(model, x, QuantConfig(), info=ModelInfo(task="enhance", scale=1, pixel_max=1.0, size_multiple=4))
     with torch.no_grad():
         q(torch.rand(4, 3, 16, 16))
     set_phase(q, "learn")

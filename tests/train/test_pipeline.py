@@ -33,8 +33,8 @@ def test_tiny_run_produces_all_files(make_config, tmp_path, task):
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
     for f in ("config.yaml", "metrics.csv", "report.md", "curves.png", "results.json", "state.json",
-              "checkpoints/stage1_last.pt", "checkpoints/stage1_best.pt", "checkpoints/qat_final.pt",
-              "checkpoints/deploy_fp32.pt", "export/model_int8.tflite", "export/model_int8.onnx",
+              "checkpoints/stage1_last.safetensors", "checkpoints/stage1_best.safetensors", "checkpoints/qat_final.safetensors",
+              "checkpoints/deploy_fp32.safetensors", "export/model_int8.tflite", "export/model_int8.onnx",
               "export/parity.json", "export/model_card.md"):
         assert (out / f).is_file(), f
     res = json.loads((out / "results.json").read_text())["eval"]
@@ -47,11 +47,26 @@ def test_tiny_run_produces_all_files(make_config, tmp_path, task):
     assert {"stage1", "qat"} <= stages
 
 
-@pytest.mark.parametrize("stage,step", [("stage1", 17), ("qat", 7)])
-def test_kill_and_resume_matches_uninterrupted_run(make_config, tmp_path, stage, step):
-    cfg = make_config()
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    assert _run_cli(["train", str(cfg), "--out", str(ref), "--quiet"]).returncode == 0
+KILL_OVERRIDES = {"teacher.enabled": True, "teacher.model_options": {"channels": 8, "res_blocks": 1},
+                  "teacher.train": {"steps": 10, "val_every": 5, "ckpt_every": 5}, "export.enabled": True,
+                  "export.formats": ["tflite"], "export.parity_limit": 1}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from tests.train.conftest import tiny_config
+
+    tmp = tmp_path_factory.mktemp("kill")
+    cfg = tiny_config(tmp, **KILL_OVERRIDES)
+    assert _run_cli(["train", str(cfg), "--out", str(tmp / "ref"), "--quiet"]).returncode == 0
+    return cfg, tmp / "ref"
+
+
+@pytest.mark.parametrize("stage,step", [("teacher", 6), ("stage1", 17), ("stage2", 3), ("qat", 7), ("export", 0)])
+def test_kill_and_resume_matches_uninterrupted_run(uninterrupted, tmp_path, stage, step):
+    """kill -9 inside every stage and during export; --resume gives the same metrics and the same artifact."""
+    cfg, ref = uninterrupted
+    run = tmp_path / "run"
     killed = _run_cli(["train", str(cfg), "--out", str(run), "--quiet"], {"QUANTIR_FAULT": f"kill:{stage}:{step}"})
     assert killed.returncode == -signal.SIGKILL
     assert not (run / "results.json").exists()
@@ -62,6 +77,9 @@ def test_kill_and_resume_matches_uninterrupted_run(make_config, tmp_path, stage,
     b = json.loads((run / "results.json").read_text())["eval"]
     for k in a:
         assert abs(a[k]["psnr_rgb"] - b[k]["psnr_rgb"]) < 1e-6, k
+    art = "export/model_int8.tflite"
+    assert (run / art).read_bytes() == (ref / art).read_bytes()
+    assert (run / "export/parity.json").read_text() == (ref / "export/parity.json").read_text()
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(make_config, tmp_path):
@@ -71,7 +89,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(make_config, tmp_path)
     err = res.stderr.strip().splitlines()
     assert res.returncode == 3 and err[-1].startswith("error: stage1: loss became nan at step 15")
     assert "Traceback" not in res.stderr
-    assert (out / "checkpoints" / "stage1_last.pt").is_file()
+    assert (out / "checkpoints" / "stage1_last.safetensors").is_file()
 
 
 def test_init_from_deploy_checkpoint_runs_qat_directly(make_config, tmp_path):
@@ -80,11 +98,11 @@ def test_init_from_deploy_checkpoint_runs_qat_directly(make_config, tmp_path):
     assert main(["train", str(cfg), "--out", str(first), "--quiet"]) == 0
     second = tmp_path / "second"
     code = main(["train", str(cfg), "--out", str(second), "--quiet", "--init",
-                 str(first / "checkpoints" / "deploy_fp32.pt"), "--set", "stage1.enabled=false",
+                 str(first / "checkpoints" / "deploy_fp32.safetensors"), "--set", "stage1.enabled=false",
                  "--set", "stage2.enabled=false"])
     assert code == 0
-    assert not (second / "checkpoints" / "stage1_last.pt").exists()
-    assert (second / "checkpoints" / "qat_final.pt").is_file()
+    assert not (second / "checkpoints" / "stage1_last.safetensors").exists()
+    assert (second / "checkpoints" / "qat_final.safetensors").is_file()
 
 
 def test_resume_refuses_a_different_config(make_config, tmp_path, capsys):
@@ -107,7 +125,7 @@ def test_ddp_two_processes(make_config, tmp_path):
                           str(cfg), "--out", str(out), "--quiet"], capture_output=True, text=True, env=env,
                          timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (out / "results.json").is_file() and (out / "checkpoints" / "qat_final.pt").is_file()
+    assert (out / "results.json").is_file() and (out / "checkpoints" / "qat_final.safetensors").is_file()
     # rank 0 alone logs: one row per logging point, no duplicates
     rows = _rows(out)
     assert len(rows) == len(set(rows))

@@ -4,29 +4,47 @@ from __future__ import annotations
 
 import sys
 
-TASKS = {"upscale": ("sr", "x3 super-resolution with the built-in INT8 model (or --model)"),
-         "enhance": ("enhance", "photo enhancement with the built-in INT8 model (or --model)")}
+import dataclasses
+
+from quantir.cli.args import int_range, pixel_count
+from quantir.data.io import DEFAULT_MAX_PIXELS
+from quantir.infer import min_tile
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    task: str
+    help: str
+    tile: int  # default tile side in input pixels
+    scale_option: bool  # SR commands take --scale (checked against the model)
+
+
+COMMANDS = {"upscale": Command("sr", "x3 super-resolution with the built-in INT8 model (or --model)", 256, True),
+            "enhance": Command("enhance", "photo enhancement with the built-in INT8 model (or --model)", 512, False)}
 
 
 def add_parsers(sub) -> None:
-    for name, (task, help_text) in TASKS.items():
-        p = sub.add_parser(name, help=help_text)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help)
         p.add_argument("inputs", nargs="+", metavar="IN", help="photos and/or folders of photos")
         p.add_argument("-o", "--output", required=True,
                        help="output file (one input) or folder; the extension picks the format")
-        if task == "sr":
-            p.add_argument("--scale", type=int, default=3, help="upscaling factor (the built-in model is x3)")
+        if cmd.scale_option:
+            p.add_argument("--scale", type=int_range(2, 4), default=3,
+                           help="upscaling factor (the built-in model is x3)")
         p.add_argument("--model", help="a .tflite/.onnx artifact (or checkpoint for --backend torch)")
         p.add_argument("--backend", choices=["tflite", "onnx", "torch"], default="tflite")
-        p.add_argument("--tile", type=int, default=256 if task == "sr" else 512,
-                       help="tile size in input pixels (bounds memory on large photos)")
+        lo = min_tile(cmd.task)
+        p.add_argument("--tile", type=int_range(lo, 16384), default=cmd.tile,
+                       help=f"tile size in input pixels, {lo}..16384 (bounds memory on large photos)")
         p.add_argument("--ext", default=".png", help="output format for folder outputs (default .png)")
         p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
         p.add_argument("--compare", action="store_true", help="also write <name>_compare.png (before | after)")
-        p.add_argument("--threads", type=int, default=2)
-        p.add_argument("--max-pixels", type=float, default=120e6, help="refuse larger inputs (default 120e6)")
+        p.add_argument("--threads", type=int_range(1, 256), default=2)
+        p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS,
+                       help=f"refuse photos whose input or output is larger (default {DEFAULT_MAX_PIXELS:.0e})")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.set_defaults(func=run, task=task)
+        p.set_defaults(func=run, task=cmd.task)
 
 
 def run(args) -> int:
@@ -39,7 +57,7 @@ def run(args) -> int:
     processor = Processor(model, args.task, scale, backend=args.backend, tile=args.tile, threads=args.threads)
     jobs = plan_jobs(args.inputs, args.output, args.ext)
     done, failed = run_batch(jobs, processor, overwrite=args.overwrite, compare=args.compare,
-                             max_pixels=int(args.max_pixels), progress=not args.quiet)
+                             max_pixels=args.max_pixels, progress=not args.quiet)
     for path in done:
         print(path)
     if failed:

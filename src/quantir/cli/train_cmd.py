@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("--init", help="start from this checkpoint (e.g. a fused FP32 model to run QAT directly)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set qat.train.steps=100 (repeatable)")
+    p.add_argument("--device", help="auto (CUDA when present, the default) | cpu | cuda | cuda:N; same as --set device=...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -23,7 +24,10 @@ def run(args) -> int:
     from quantir.train.config import TrainConfig
     from quantir.train.pipeline import train
 
-    cfg = config_io.load(TrainConfig, args.config, config_io.parse_overrides(args.overrides))
+    overrides = config_io.parse_overrides(args.overrides)
+    if args.device:
+        overrides["device"] = args.device
+    cfg = config_io.load(TrainConfig, args.config, overrides)
     command = "quantir " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("quantir") else None
     train(cfg, args.out, resume=args.resume, init=args.init, progress=not args.quiet, command=command)
     return 0

@@ -86,7 +86,11 @@ def sr_pairs(hr_dir: str | Path, scale: int, lr_dir: str | Path | None = None, l
     lr_by_hr = dict((t, i) for i, t in match_pairs(image_files(lr_dir), hr_files, scale)) if lr_dir else {}
 
     def load(i: int) -> Pair:
-        hr = mod_crop(read_image(hr_files[i]), scale)
+        hr = read_image(hr_files[i])
+        if min(hr.shape[:2]) < 4 * scale:  # the models need a few LR pixels per side
+            raise DataError(f"{hr_files[i]}: {hr.shape[1]}x{hr.shape[0]} is too small for x{scale} "
+                            f"evaluation (at least {4 * scale} pixels per side)")
+        hr = mod_crop(hr, scale)
         if lr_dir:
             lr = read_image(lr_by_hr[hr_files[i]])
             if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:

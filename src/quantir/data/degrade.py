@@ -16,6 +16,8 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
+from quantir.errors import require
+
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -31,14 +33,12 @@ class DegradationConfig:
     jpeg_quality: tuple[int, int] = (55, 92)
 
     def __post_init__(self):
-        from quantir.config import require
-
-        require(all(g > 0 for g in self.gains), "degradation.gains must be positive")
-        require(self.saturation >= 0 and self.gamma > 0 and self.contrast > 0, "degradation: bad tone settings")
-        require(0 <= self.jitter < 0.5, "degradation.jitter must be in [0, 0.5)")
+        require(all(g > 0 for g in self.gains), "gains must be positive")
+        require(self.saturation >= 0 and self.gamma > 0 and self.contrast > 0, "saturation must be >= 0, gamma and contrast > 0")
+        require(0 <= self.jitter < 0.5, "jitter must be in [0, 0.5)")
         for name in ("blur_sigma", "noise_sigma", "jpeg_quality"):
             lo, hi = getattr(self, name)
-            require(lo <= hi, f"degradation.{name}: low bound above high bound")
+            require(lo <= hi, f"{name}: low bound above high bound")
         require(1 <= self.jpeg_quality[0] <= 100 and self.jpeg_quality[1] <= 100, "jpeg_quality must be in 1..100")
 
 

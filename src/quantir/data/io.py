@@ -6,19 +6,23 @@ Deliberately free of torch so the inference-only install can use it.
 from __future__ import annotations
 
 import dataclasses
-import os
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from quantir.errors import ImageError
-from quantir.utils import atomic_path
+from quantir.utils import atomic_path, check_writable
 
-DEFAULT_MAX_PIXELS = 120_000_000  # 120 MP: larger than any phone photo, small enough to stay in RAM
+# Decompression-bomb guard on max(input, output) pixels: 250 MP admits a 24 MP photo upscaled x3
+# (216 MP out) and refuses a tiny file that decodes to a huge canvas before any memory is spent.
+DEFAULT_MAX_PIXELS = 250_000_000
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 READ_SUFFIXES = tuple(WRITE_FORMATS) + (".gif", ".ppm", ".pgm")
+
+log = logging.getLogger(__name__)
 
 # We check the pixel count ourselves (with a one-line error); Pillow's bomb guard would warn instead.
 Image.MAX_IMAGE_PIXELS = None
@@ -52,8 +56,13 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.round(arr.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
 
 
-def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
-    """Decode ``path`` with EXIF orientation applied; raise ImageError with one line on bad input."""
+def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, scale: int = 1) -> Photo:
+    """Decode ``path`` with EXIF orientation applied; raise ImageError with one line on bad input.
+
+    ``max_pixels`` bounds the larger of the input and the output (``scale`` x upscaled), checked
+    from the header before anything is decoded. Of an animated or multi-page file only the first
+    frame is used, and a warning says so.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: file not found")
@@ -64,11 +73,15 @@ def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
-                                 f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)")
             if w == 0 or h == 0:
                 raise ImageError(f"{path}: image has zero size")
+            out_pixels = w * h * scale * scale
+            if max(w * h, out_pixels) > max_pixels:
+                what = f"{w}x{h}" + (f" x{scale} = {w * scale}x{h * scale}" if scale > 1 else "")
+                raise ImageError(f"{path}: {what} = {max(w * h, out_pixels) / 1e6:.1f} MP exceeds the limit of "
+                                 f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)")
+            if getattr(im, "n_frames", 1) > 1:
+                log.warning("%s: %d frames; only the first is used", path, im.n_frames)
             icc = im.info.get("icc_profile")
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -146,8 +159,7 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
         params["quality"] = quality
     if fmt == "JPEG":
         params["subsampling"] = 0 if quality >= 90 else 2
-    if not os.access(path.parent if path.parent.exists() else Path("."), os.W_OK):
-        raise ImageError(f"{path}: output folder is not writable")
+    check_writable(path)
     try:
         with atomic_path(path) as tmp:
             im.save(tmp, format=fmt, **params)

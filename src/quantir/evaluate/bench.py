@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quantir.evaluate.predictors import TorchPredictor, load_model
+
 MAI_C = 1.16e16
 
 
@@ -33,37 +35,33 @@ class _Timed:
         h, w = hw
         rng = np.random.default_rng(0)
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        if path.suffix.lower() in (".tflite", ".onnx"):
-            from quantir.export.runtime import _quantize, load_runtime
-
-            rt = load_runtime(path, threads=threads)
-            if rt.fixed_hw is not None and rt.fixed_hw != (h, w):
-                raise ValueError(f"{path.name} has a fixed input of {rt.fixed_hw[0]}x{rt.fixed_hw[1]}, not {h}x{w}")
-            m = rt.multiple
-            if h % m or w % m:
-                raise ValueError(f"{path.name} needs sizes divisible by {m}")
-            x = _quantize(img[None], rt.pixel_max, rt.in_dtype, rt.in_scale, rt.in_zp)
-            self.fn = lambda: rt._invoke(x)
-            self.backend = rt.backend
-            self.macs_per_pixel = rt.meta.get("macs_per_pixel")
-        else:
+        model = load_model(path, threads=threads)
+        self.backend = model.backend
+        if isinstance(model, TorchPredictor):
             import torch
 
+            from quantir.models.apply import to_model_units
+            from quantir.models.protocol import RestorationModel
             from quantir.models.stats import macs_per_pixel
-            from quantir.train.checkpoint import load_torch_predictor
 
-            torch.set_num_threads(threads)
-            pred = load_torch_predictor(path)
-            x = torch.from_numpy(img).permute(2, 0, 1)[None].float() * (pred.info.pixel_max / 255.0)
-            model = pred.model
+            x = to_model_units(torch.from_numpy(img).permute(2, 0, 1)[None], model.info.pixel_max)
+            net = model.model
 
             def run():
                 with torch.no_grad():
-                    model(x)
+                    net(x)
 
             self.fn = run
-            self.backend = "torch"
-            self.macs_per_pixel = None if hasattr(model, "graph_module") else macs_per_pixel(model)
+            self.macs_per_pixel = macs_per_pixel(net) if isinstance(net, RestorationModel) else None
+            return
+        if model.fixed_hw is not None and model.fixed_hw != (h, w):
+            raise ValueError(f"{path.name} has a fixed input of {model.fixed_hw[0]}x{model.fixed_hw[1]}, not {h}x{w}")
+        m = model.multiple
+        if h % m or w % m:
+            raise ValueError(f"{path.name} needs sizes divisible by {m}")
+        x = model.quantize(img[None])
+        self.fn = lambda: model.invoke(x)
+        self.macs_per_pixel = model.meta.get("macs_per_pixel")
 
 
 def benchmark(models: list, hw: tuple[int, int] = (360, 640), threads: int = 2, runs: int = 20,

@@ -9,34 +9,25 @@ from pathlib import Path
 import numpy as np
 
 from quantir.data.datasets import Pair
-from quantir.data.resize import upscale
-from quantir.evaluate.metrics import image_metrics, mean_metrics
+from quantir.data.metrics import image_metrics, mean_metrics
 from quantir.utils import atomic_write_text
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-def bicubic_predictor(scale: int) -> Predictor:
-    return lambda lr: upscale(lr, scale)
-
-
-def identity_predictor() -> Predictor:
-    return lambda x: x
-
 
 def evaluate(predict: Predictor, pairs: Sequence[Pair], border: int = 0, progress: bool = False,
              desc: str = "eval") -> dict:
     """Mean PSNR/SSIM (RGB and Y) over ``pairs``; ``border`` is the Y-metric shave (the SR scale)."""
     iterator = range(len(pairs))
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc=desc, unit="img", leave=False, disable=None)  # None: off when not a TTY
+        iterator = bar = tqdm(iterator, desc=desc, unit="img", leave=False, disable=None)  # None: off when not a TTY
     try:
         rows, per_image = _score_all(predict, pairs, border, iterator)
     finally:
-        if hasattr(iterator, "close"):
-            iterator.close()
+        if bar is not None:
+            bar.close()
     result = mean_metrics(rows)
     result["n_images"] = len(rows)
     result["per_image"] = per_image

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from quantir.config import to_dict
+from quantir.config import dump_text
+from quantir.errors import ConfigError
 from quantir.export import onnx as onnx_export
 from quantir.export import tflite as tflite_export
 from quantir.export import tflite_graph as tg
-from quantir.export.parity import format_parity, parity_report
+from quantir.export.config import ExportConfig
+from quantir.export.parity import ParityReport, format_parity, parity_report
 from quantir.export.runtime import load_runtime
 from quantir.models.stats import count_params, macs_per_pixel
-from quantir.quant.api import QuantizedModel, convert
+from quantir.numerics import IO_ZERO_POINT
+from quantir.quant.api import QuantizedModel
 from quantir.utils import atomic_write_text
 
-FORMATS = ("tflite", "onnx")
+log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    formats: tuple[str, ...] = FORMATS
-    shape: tuple[int, int] | None = None  # also write a fixed-shape int8 TFLite at this input size
-    threads: int = 2
-
-    def __post_init__(self):
-        from quantir.config import require
-
-        require(all(f in FORMATS for f in self.formats), f"formats must be among {', '.join(FORMATS)}")
-
-
-def _meta(info, float_model) -> dict:
-    return {"task": info.task, "scale": info.scale, "pixel_max": info.pixel_max, "size_multiple": info.size_multiple,
+def artifact_metadata(info, float_model) -> dict:
+    """The ``quantir`` record every artifact carries (what a runtime needs to feed it, and its cost)."""
+    return {"task": info.task.value, "scale": info.scale, "pixel_max": info.pixel_max, "size_multiple": info.size_multiple,
             "macs_per_pixel": macs_per_pixel(float_model), "params": count_params(float_model), "producer": "quantir"}
 
 
@@ -49,18 +41,21 @@ def tflite_op_check(path: str | Path) -> tuple[bool, list[str], str, list[dict]]
     return not bad, bad, io_dtype, ops
 
 
-def export_artifacts(prepared: QuantizedModel, float_model: torch.nn.Module, out_dir: str | Path,
-                     options: ExportOptions = ExportOptions(), parity_images: list[np.ndarray] | None = None,
-                     config: dict | None = None, command: str | None = None) -> dict:
+def export_artifacts(converted: QuantizedModel, float_model: torch.nn.Module, out_dir: str | Path,
+                     options: ExportConfig = ExportConfig(), parity_images: list[np.ndarray] | None = None,
+                     config=None, command: str | None = None, reference: torch.nn.Module | None = None) -> dict:
     """Write int8 TFLite (dynamic and optional fixed shape), FP32 TFLite, int8 ONNX, parity and card.
 
-    ``prepared`` must be frozen (its scales are exported as they are: no re-calibration).
+    ``converted`` is what ``quant.api.convert`` returned: every artifact is lowered from its
+    graphs. The parity report compares the artifacts with ``reference``, the fake-quant model
+    that trained (default: ``converted``, which computes the same outputs bit for bit).
+    ``config`` (a dataclass) is written next to the artifacts as config.yaml.
     """
+    if not converted.converted:
+        raise ConfigError("export_artifacts takes the converted model: pass convert(prepared)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info, meta = prepared.info, _meta(prepared.info, float_model)
-    prepared.eval()
-    converted = convert(prepared)
+    info, meta = converted.info, artifact_metadata(converted.info, float_model)
     files, runtimes, checks = {}, {}, {}
     if "tflite" in options.formats:
         files["tflite_int8"] = tflite_export.export_int8(converted, out / "model_int8.tflite", meta)
@@ -70,44 +65,42 @@ def export_artifacts(prepared: QuantizedModel, float_model: torch.nn.Module, out
                                                                    shape=options.shape)
         files["tflite_float"] = tflite_export.export_float(float_model, out / "model_float.tflite", meta)
         if files["tflite_int8"]["note"]:
-            print(f"note: model_int8.tflite has a fixed shape: {files['tflite_int8']['note']}")
+            log.warning("model_int8.tflite has a fixed shape: %s", files["tflite_int8"]["note"])
         ok, bad, io_dtype, ops = tflite_op_check(out / "model_int8.tflite")
         checks["tflite"] = (ok, bad, io_dtype)
         runtimes["tflite"] = load_runtime(out / "model_int8.tflite", threads=options.threads)
     if "onnx" in options.formats:
-        io = {"input_scale": info.io_scale, "input_zero_point": -128, "output_scale": info.io_scale,
-              "output_zero_point": -128}
-        files["onnx_int8"] = onnx_export.export_int8(prepared, out / "model_int8.onnx", meta, io)
+        io = {"input_scale": info.io_scale, "input_zero_point": IO_ZERO_POINT, "output_scale": info.io_scale,
+              "output_zero_point": IO_ZERO_POINT}
+        files["onnx_int8"] = onnx_export.export_int8(converted, out / "model_int8.onnx", meta, io)
         ok, bad = onnx_export.qdq_report(out / "model_int8.onnx")
         checks["onnx"] = (ok, bad, "int8 -> int8")
         runtimes["onnx"] = load_runtime(out / "model_int8.onnx", threads=options.threads)
-    report = {}
+    report = None
     if parity_images:
-        report = parity_report(runtimes, prepared, float_model, parity_images, checks)
-        atomic_write_text(out / "parity.json", json.dumps(report, indent=2) + "\n")
+        report = parity_report(runtimes, reference or converted, float_model, parity_images, checks)
+        atomic_write_text(out / "parity.json", json.dumps(report.to_dict(), indent=2) + "\n")
     if config is not None:
-        import yaml
-
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        atomic_write_text(out / "config.yaml", dump_text(config))
     notes = [f"{k}: fixed input shape ({v['note']})" for k, v in files.items() if v.get("note")]
-    card = model_card(prepared, float_model, out, report, command, notes)
+    card = model_card(converted, float_model, out, report, command, notes)
     atomic_write_text(out / "model_card.md", card)
     return {"files": files, "parity": report, "dir": str(out)}
 
 
-def model_card(prepared: QuantizedModel, float_model, out: Path, report: dict, command: str | None,
+def model_card(converted: QuantizedModel, float_model, out: Path, report: ParityReport | None, command: str | None,
                notes: list[str] | None = None) -> str:
-    info = prepared.info
-    name = getattr(prepared, "source_model_name", None) or type(float_model).__name__
-    lines = [f"# {name} ({'x%d super-resolution' % info.scale if info.task == 'sr' else 'photo enhancement'})", ""]
+    info = converted.info
+    name = converted.source_model_name or type(float_model).__name__
+    lines = [f"# {name} ({info.title})", ""]
     lines.append(f"- parameters (deploy graph): {count_params(float_model):,}")
     mpp = macs_per_pixel(float_model)
     lines.append(f"- MACs per input pixel: {mpp:,.0f} ({mpp * 360 * 640 / 1e9:.2f} GMAC at 360x640 input)")
-    lines.append(f"- input/output: int8 NHWC RGB, scale {info.io_scale:.6g}, zero point -128 "
+    lines.append(f"- input/output: int8 NHWC RGB, scale {info.io_scale:.6g}, zero point {IO_ZERO_POINT} "
                  f"(pixel value p in 0..255 is stored as p - 128: lossless)")
     if info.size_multiple > 1:
         lines.append(f"- height and width must be multiples of {info.size_multiple} (runtimes pad and crop)")
-    cfg = prepared.config
+    cfg = converted.config
     lines.append(f"- quantization: weights int{cfg.weight_bits} per-{'channel' if cfg.weight_per_channel else 'tensor'} "
                  f"symmetric, activations int{cfg.act_bits} per-tensor affine, scales learned in QAT and exported as is")
     lines += [f"- note: {n}" for n in notes or []]

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import torch
 
-from quantir.export.onnx_graph import make_exact
-from quantir.utils import atomic_path, import_torchao, silence_stderr
+from torch.export import Dim
 
-import_torchao()
-from torch.export import Dim  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
+from quantir.export.onnx_graph import make_exact
+from quantir.utils import atomic_path, silence_stderr
 
 METADATA_KEY = "quantir"
 
@@ -46,16 +44,12 @@ def _int8_io(model) -> None:
     onnx.checker.check_model(model)
 
 
-def export_int8(prepared, path: str | Path, meta: dict, io: dict) -> dict:
-    """Convert the frozen fake-quant model with folded int8 weights and export it as ONNX QDQ."""
+def export_int8(converted, path: str | Path, meta: dict, io: dict) -> dict:
+    """Export a converted model's folded-weight integer graph (``onnx_graph``) as ONNX QDQ."""
     import onnx
 
-    from quantir.quant.api import plain_graph
-
-    graph = convert_pt2e(plain_graph(prepared), fold_quantize=True)
-    for m in graph.modules():
-        m.training = False
-    info = prepared.info
+    graph = converted.onnx_graph
+    info = converted.info
     m = info.size_multiple
     h, w = (Dim("H", min=4, max=16384), Dim("W", min=4, max=16384)) if m == 1 else \
         (m * Dim("h", min=1, max=16384 // m), m * Dim("w", min=1, max=16384 // m))

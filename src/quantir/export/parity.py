@@ -2,21 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from quantir.evaluate.metrics import psnr
+from quantir.data.metrics import psnr
+from quantir.models.apply import run_levels
+
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; the report caps it so means stay finite
 
 
-@torch.no_grad()
-def torch_uint8(model: torch.nn.Module, img: np.ndarray) -> np.ndarray:
-    """Run a float or fake-quant torch model on uint8 HxWx3; returns float output in 0..255 units."""
-    pixel_max = model.info.pixel_max
-    x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float() * (pixel_max / 255.0)
-    y = model(x)[0].permute(1, 2, 0).numpy() * (255.0 / pixel_max)
-    return np.clip(y, 0.0, 255.0)
+@dataclasses.dataclass(frozen=True)
+class BackendParity:
+    """One artifact against the fake-quant model (LSB statistics on uint8 outputs) and the FP32 model."""
+
+    max_lsb: int
+    frac_off_by_one: float
+    frac_off: float
+    psnr_vs_fakequant_db: float
+    psnr_vs_float_db: float
+    n_images: int
+    all_int8: bool
+    non_int8_ops: tuple[str, ...]
+    io_dtype: str
+
+    def to_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), non_int8_ops=list(self.non_int8_ops))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    backends: dict[str, BackendParity]
+    fakequant_vs_float_psnr_db: float
+
+    def to_dict(self) -> dict:
+        """The parity.json layout: one mapping per backend, then the fake-quant vs FP32 PSNR."""
+        out: dict = {name: b.to_dict() for name, b in self.backends.items()}
+        out["fakequant_vs_float_psnr_db"] = self.fakequant_vs_float_psnr_db
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ParityReport:
+        backends = {k: BackendParity(**dict(v, non_int8_ops=tuple(v["non_int8_ops"])))
+                    for k, v in data.items() if isinstance(v, dict)}
+        return cls(backends, float(data["fakequant_vs_float_psnr_db"]))
+
+
+def _capped(a: np.ndarray, b: np.ndarray) -> float:
+    return min(psnr(a, b), PSNR_CAP_DB)
 
 
 def compare(artifact_out: list[np.ndarray], fakequant_out: list[np.ndarray], float_out: list[np.ndarray]) -> dict:
@@ -27,37 +62,31 @@ def compare(artifact_out: list[np.ndarray], fakequant_out: list[np.ndarray], flo
         "max_lsb": int(diffs.max()) if diffs.size else 0,
         "frac_off_by_one": float(np.mean(diffs == 1)) if diffs.size else 0.0,
         "frac_off": float(np.mean(diffs > 0)) if diffs.size else 0.0,
-        "psnr_vs_fakequant_db": float(np.mean([min(psnr(a, np.round(f)), 100.0)
-                                               for a, f in zip(artifact_out, fakequant_out)])),
-        "psnr_vs_float_db": float(np.mean([min(psnr(a.astype(np.float64), f), 100.0)
-                                           for a, f in zip(artifact_out, float_out)])),
+        "psnr_vs_fakequant_db": float(np.mean([_capped(a, np.round(f)) for a, f in zip(artifact_out, fakequant_out)])),
+        "psnr_vs_float_db": float(np.mean([_capped(a.astype(np.float64), f) for a, f in zip(artifact_out, float_out)])),
         "n_images": len(artifact_out),
     }
 
 
 def parity_report(runtimes: dict, fakequant: torch.nn.Module, float_model: torch.nn.Module,
-                  images: Sequence[np.ndarray], op_checks: dict) -> dict:
+                  images: Sequence[np.ndarray], op_checks: dict) -> ParityReport:
     """``runtimes``: backend -> Runtime; ``op_checks``: backend -> (all_int8, non_int8_ops, io_dtype)."""
-    fq = [torch_uint8(fakequant, im) for im in images]
-    fl = [torch_uint8(float_model, im) for im in images]
-    report = {}
+    fq = [run_levels(fakequant, im) for im in images]
+    fl = [run_levels(float_model, im) for im in images]
+    backends = {}
     for backend, rt in runtimes.items():
-        outs = [rt.run(im) for im in images]
-        row = compare(outs, fq, fl)
+        row = compare([rt.run(im) for im in images], fq, fl)
         all_int8, non_int8, io_dtype = op_checks[backend]
-        row.update(all_int8=bool(all_int8), non_int8_ops=list(non_int8), io_dtype=io_dtype)
-        report[backend] = row
-    report["fakequant_vs_float_psnr_db"] = float(np.mean([min(psnr(np.round(a), b), 100.0) for a, b in zip(fq, fl)]))
-    return report
+        backends[backend] = BackendParity(**row, all_int8=bool(all_int8), non_int8_ops=tuple(non_int8),
+                                          io_dtype=io_dtype)
+    return ParityReport(backends, float(np.mean([_capped(np.round(a), b) for a, b in zip(fq, fl)])))
 
 
-def format_parity(report: dict) -> str:
+def format_parity(report: ParityReport) -> str:
     lines = ["| backend | max LSB | off by 1 | PSNR vs fake-quant | PSNR vs FP32 | all int8 | I/O |",
              "|---|---:|---:|---:|---:|---|---|"]
-    for backend, r in report.items():
-        if not isinstance(r, dict):
-            continue
-        lines.append(f"| {backend} | {r['max_lsb']} | {100 * r['frac_off_by_one']:.2f}% | "
-                     f"{r['psnr_vs_fakequant_db']:.2f} dB | {r['psnr_vs_float_db']:.2f} dB | "
-                     f"{'yes' if r['all_int8'] else 'NO: ' + ', '.join(r['non_int8_ops'])} | {r['io_dtype']} |")
+    for backend, r in report.backends.items():
+        lines.append(f"| {backend} | {r.max_lsb} | {100 * r.frac_off_by_one:.2f}% | "
+                     f"{r.psnr_vs_fakequant_db:.2f} dB | {r.psnr_vs_float_db:.2f} dB | "
+                     f"{'yes' if r.all_int8 else 'NO: ' + ', '.join(r.non_int8_ops)} | {r.io_dtype} |")
     return "\n".join(lines)

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from quantir.errors import ModelFileError
-from quantir.evaluate.tiling import tiled_apply
+from quantir.data.task import ModelInfo
+from quantir.data.tiling import tiled_apply
+from quantir.errors import ConfigError, ModelFileError
 from quantir.utils import silence_stderr
 
+SUFFIXES = (".tflite", ".onnx")
 
-def _quantize(pixels: np.ndarray, pixel_max: float, dtype, scale, zero_point) -> np.ndarray:
+
+def quantize_input(pixels: np.ndarray, pixel_max: float, dtype, scale, zero_point) -> np.ndarray:
     x = pixels.astype(np.float32) * (pixel_max / 255.0)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -39,27 +42,29 @@ class Runtime:
 
     def __init__(self, path: Path, meta: dict):
         self.path, self.meta = path, meta
-        self.task = meta.get("task", "sr")
-        self.scale = int(meta.get("scale", 1))
-        self.pixel_max = float(meta.get("pixel_max", 255.0))
-        self.multiple = int(meta.get("size_multiple", 1))
+        try:
+            self.info = ModelInfo.from_meta(meta)
+        except (ValueError, TypeError, ConfigError) as err:
+            raise ModelFileError(f"{path}: bad quantir metadata ({err})") from None
+        self.task, self.scale = self.info.task, self.info.scale
+        self.pixel_max, self.multiple = self.info.pixel_max, self.info.size_multiple
 
     def check(self, task: str | None = None, scale: int | None = None) -> None:
-        if task is not None and task != self.task:
-            raise ModelFileError(f"{self.path.name} is a {self.task!r} model, not {task!r}")
-        if scale is not None and task == "sr" and scale != self.scale:
-            raise ModelFileError(f"{self.path.name} upscales x{self.scale}, not x{scale}")
+        self.info.check(task, scale, what=self.path.name)
 
-    # subclasses: fixed_hw (None if dynamic), _invoke(int8/float NHWC batch) -> NHWC output, io
+    # subclasses: fixed_hw (None if dynamic), invoke(int8/float NHWC batch) -> NHWC output, io
     fixed_hw: tuple[int, int] | None = None
+
+    def quantize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC pixels -> the artifact's input tensor (its dtype, scale and zero point)."""
+        return quantize_input(pixels, self.pixel_max, self.in_dtype, self.in_scale, self.in_zp)
 
     def _run_padded(self, img: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
         h, w = img.shape[:2]
         th, tw = target_hw
         if (th, tw) != (h, w):
             img = np.pad(img, ((0, th - h), (0, tw - w), (0, 0)), mode="edge")
-        x = _quantize(img[None], self.pixel_max, self.in_dtype, self.in_scale, self.in_zp)
-        y = self._invoke(x)[0]
+        y = self.invoke(self.quantize(img[None]))[0]
         out = _dequantize(y, self.pixel_max, self.out_scale, self.out_zp)
         return out[: h * self.scale, : w * self.scale]
 
@@ -102,7 +107,7 @@ class TFLiteRuntime(Runtime):
         self.fixed_hw = None if (sig[1] == -1 or sig[2] == -1) else (int(sig[1]), int(sig[2]))
         self._shape = None
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x: np.ndarray) -> np.ndarray:
         if self._shape != x.shape:
             with silence_stderr():
                 if self.fixed_hw is None:
@@ -145,7 +150,7 @@ class ONNXRuntime(Runtime):
         dims = inp.shape
         self.fixed_hw = (int(dims[1]), int(dims[2])) if all(isinstance(d, int) for d in dims[1:3]) else None
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.in_name: x})[0]
 
 
@@ -173,7 +178,7 @@ def load_runtime(path: str | Path, threads: int = 2) -> Runtime:
         raise ModelFileError(f"{path}: model file not found")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path}: model file is empty")
-    kinds = {".tflite": TFLiteRuntime, ".onnx": ONNXRuntime}
+    kinds = dict(zip(SUFFIXES, (TFLiteRuntime, ONNXRuntime)))
     cls = kinds.get(path.suffix.lower())
     if cls is None:
         raise ModelFileError(f"{path}: unknown model format (expected .tflite or .onnx)")

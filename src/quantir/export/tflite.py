@@ -16,6 +16,8 @@ import torch.nn as nn
 
 from quantir.errors import ModelFileError
 from quantir.export import tflite_graph as tg
+from quantir.models.layers import NHWC
+from quantir.models.protocol import RestorationModel
 from quantir.utils import atomic_write_bytes, silence_stderr
 
 METADATA_NAME = "quantir"
@@ -34,15 +36,6 @@ def _litert():
     progress.console.quiet = True
     logging.getLogger("litert_torch").setLevel(logging.ERROR)
     return litert_torch, QuantConfig
-
-
-class _NHWCFloat(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 def _convert(module: nn.Module, example_nhwc: torch.Tensor, quantizer=None) -> bytes:
@@ -116,8 +109,8 @@ def export_int8(converted, path: str | Path, meta: dict, shape: tuple[int, int] 
                   dynamic=shape is None and native_d2s, quantizer=converted.quantizer, native_d2s=native_d2s)
 
 
-def export_float(model: nn.Module, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
+def export_float(model: RestorationModel, path: str | Path, meta: dict, shape: tuple[int, int] | None = None) -> dict:
     """Write the FP32 TFLite of a (fused) float model, same I/O layout as the int8 one."""
-    core = _NHWCFloat(model.export_module() if hasattr(model, "export_module") else model).eval()
+    core = NHWC(model.export_module()).eval()
     hw = reference_size(model.info.size_multiple, shape)
     return _write(core, hw, model.info.pixel_max, meta, Path(path), dynamic=shape is None)

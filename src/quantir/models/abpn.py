@@ -13,8 +13,10 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from quantir.data.task import ModelInfo, Task
 from quantir.models.layers import anchor, conv3x3, depth_to_space
-from quantir.models.registry import ModelInfo, register_model
+from quantir.models.protocol import RestorationModel
+from quantir.models.registry import register_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +26,11 @@ class ABPNConfig:
     scale: int = 3
 
 
-class ABPN(nn.Module):
+class ABPN(RestorationModel):
     def __init__(self, cfg: ABPNConfig):
         super().__init__()
         self.cfg = cfg
-        self.info = ModelInfo(task="sr", scale=cfg.scale, pixel_max=255.0)
+        self.info = ModelInfo(task=Task.SR, scale=cfg.scale, pixel_max=255.0)
         c, s = cfg.channels, cfg.scale
         layers = [conv3x3(3, c), nn.ReLU()]
         for _ in range(cfg.mid_layers):
@@ -65,13 +67,13 @@ class ResBlock(nn.Module):
         return x + 0.2 * self.conv2(self.act(self.conv1(x)))
 
 
-class SRTeacher(nn.Module):
+class SRTeacher(RestorationModel):
     """EDSR-style FP32 teacher: residual blocks with 0.2 residual scaling, global skip, anchor."""
 
     def __init__(self, cfg: TeacherConfig):
         super().__init__()
         self.cfg = cfg
-        self.info = ModelInfo(task="sr", scale=cfg.scale, pixel_max=255.0)
+        self.info = ModelInfo(task=Task.SR, scale=cfg.scale, pixel_max=255.0)
         c, s = cfg.channels, cfg.scale
         self.head = conv3x3(3, c)
         self.body = nn.Sequential(*[ResBlock(c) for _ in range(cfg.res_blocks)], conv3x3(c, c))

@@ -7,6 +7,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class NHWC(nn.Module):
+    """NHWC in and out around an NCHW model: the layout of every exported graph (TFLite's own).
+
+    The permutes sit inside the exported graph, so the quantized artifact takes and returns int8
+    NHWC tensors directly.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
     """TFLite/TF ``depth_to_space`` (DCR order): out[c, h*s+i, w*s+j] = in[(i*s+j)*C + c, h, w].
 

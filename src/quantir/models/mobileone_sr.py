@@ -16,12 +16,17 @@ output channels, ``layers.crd_to_dcr_channels``), so the artifact uses one DEPTH
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
+from quantir.config import check_choices
+from quantir.data.task import ModelInfo, Task
+from quantir.errors import require
 from quantir.models.layers import anchor, conv1x1, conv3x3, depth_to_space, fuse_conv_bn
-from quantir.models.registry import ModelInfo, register_model
+from quantir.models.protocol import RestorationModel
+from quantir.models.registry import register_model
 
 
 class MobileOneBlock(nn.Module):
@@ -78,25 +83,22 @@ class MobileOneSRConfig:
     channels: int = 32
     blocks: int = 8
     branches: int = 5
-    scale: int = 3
+    scale: Literal[2, 3, 4] = 3
     anchor: bool = False  # ABPN-style image-space residual (input repeated s*s times) before the shuffle
-    skip: str = "add"  # "add": f_N + f_0 (paper); "concat": conv1x1 over [f_N, f_0]; "none"
+    skip: Literal["add", "concat", "none"] = "add"  # "add": f_N + f_0 (paper); "concat": conv1x1 over [f_N, f_0]; "none"
     stem_act: bool = False  # ReLU after the stem (the reference has none; wide-range stems quantize coarsely)
     deploy: bool = False  # build the fused form directly (to load deploy checkpoints)
 
     def __post_init__(self):
-        from quantir.config import require
-
+        check_choices(self)
         require(self.channels > 0 and self.blocks >= 0 and self.branches >= 1, "mobileone_sr: bad sizes")
-        require(self.scale in (2, 3, 4), "mobileone_sr: scale must be 2, 3 or 4")
-        require(self.skip in ("add", "concat", "none"), "mobileone_sr: skip must be add, concat or none")
 
 
-class MobileOneSR(nn.Module):
+class MobileOneSR(RestorationModel):
     def __init__(self, cfg: MobileOneSRConfig):
         super().__init__()
         self.cfg = cfg
-        self.info = ModelInfo(task="sr", scale=cfg.scale, pixel_max=255.0)
+        self.info = ModelInfo(task=Task.SR, scale=cfg.scale, pixel_max=255.0)
         c, s = cfg.channels, cfg.scale
         self.stem = conv3x3(3, c)
         self.stem_act = nn.ReLU() if cfg.stem_act else nn.Identity()

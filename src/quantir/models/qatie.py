@@ -26,32 +26,33 @@ field, measured in BENCHMARKS.md):
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from quantir.config import check_choices
+from quantir.data.task import ModelInfo, Task
+from quantir.errors import require
 from quantir.models.layers import conv1x1, conv3x3, fuse_conv_bn, upsample2x_nearest
-from quantir.models.registry import ModelInfo, register_model
+from quantir.models.protocol import RestorationModel
+from quantir.models.registry import register_model
 
 
 @dataclasses.dataclass(frozen=True)
 class QATIEConfig:
     channels: int = 32
-    norm: str = "instance"  # instance | batch | none
-    act: str = "leaky"  # leaky (0.2) | relu
+    norm: Literal["instance", "batch", "none"] = "instance"
+    act: Literal["leaky", "relu"] = "leaky"  # LeakyReLU(0.2) or ReLU
     split_fusion: bool = False
-    upsample: str = "resize"  # resize (nearest to the skip's size) | d2s (exact x2, sizes % 8 == 0)
+    upsample: Literal["resize", "d2s"] = "resize"  # resize (nearest to the skip's size) | d2s (exact x2, sizes % 8 == 0)
     global_residual: bool = True
     zero_init_head: bool = True
 
     def __post_init__(self):
-        from quantir.config import require
-
+        check_choices(self)
         require(self.channels > 0, "qatie: channels must be positive")
-        require(self.norm in ("instance", "batch", "none"), "qatie: norm must be instance, batch or none")
-        require(self.act in ("leaky", "relu"), "qatie: act must be leaky or relu")
-        require(self.upsample in ("resize", "d2s"), "qatie: upsample must be resize or d2s")
 
 
 def _act(kind: str) -> nn.Module:
@@ -117,12 +118,12 @@ class Fusion(nn.Module):
         return y
 
 
-class QATIEUNet(nn.Module):
+class QATIEUNet(RestorationModel):
     def __init__(self, cfg: QATIEConfig):
         super().__init__()
         self.cfg = cfg
         c, n, a = cfg.channels, cfg.norm, cfg.act
-        self.info = ModelInfo(task="enhance", scale=1, pixel_max=1.0, size_multiple=8 if cfg.upsample == "d2s" else 1)
+        self.info = ModelInfo(task=Task.ENHANCE, scale=1, pixel_max=1.0, size_multiple=8 if cfg.upsample == "d2s" else 1)
         self.down1, self.down2 = DownBlock(3, c), DownBlock(c, 2 * c)
         self.refine_s2, self.refine_s4 = Refiner(c, c, n, a), Refiner(2 * c, 2 * c, n, a)
         self.bottleneck = Refiner(2 * c, 4 * c, n, a)

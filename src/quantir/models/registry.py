@@ -10,26 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import torch.nn as nn
-
+from quantir.data.task import ModelInfo
 from quantir.errors import ConfigError
+from quantir.models.protocol import RestorationModel
+from quantir.models.reparam import reparameterize_model
+
+__all__ = ["ModelInfo", "create_model", "describe_models", "list_models", "model_config", "register_model"]
 
 _REGISTRY: dict[str, tuple[Callable, object, str]] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """What a runtime needs to feed a model: task, scale, pixel range and size constraints."""
-
-    task: str  # "sr" or "enhance"
-    scale: int = 1
-    pixel_max: float = 255.0  # inputs/outputs span [0, pixel_max]
-    size_multiple: int = 1  # H and W the core graph needs to be divisible by
-
-    @property
-    def io_scale(self) -> float:
-        """int8 scale that maps 0..255 pixel levels losslessly (zero point -128)."""
-        return self.pixel_max / 255.0
 
 
 def register_model(name: str, cfg, doc: str = ""):
@@ -59,12 +47,21 @@ def model_config(name: str, **overrides):
     return dataclasses.replace(cfg, **overrides)
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def create_model(name: str, deploy: bool = False, **overrides) -> RestorationModel:
+    """Build a registered model; ``deploy=True`` gives its fused (re-parameterized) form.
+
+    A config with a ``deploy`` field builds the fused blocks directly; any other model is built
+    and fused with ``reparameterize_model`` (its BatchNorms folded), the structure a fused
+    checkpoint's state dict was saved from.
+    """
+    has_deploy_field = "deploy" in {f.name for f in dataclasses.fields(model_config(name))}
+    if deploy and has_deploy_field:
+        overrides = dict(overrides, deploy=True)
     cfg = model_config(name, **overrides)
     model = _REGISTRY[name][0](cfg)
     model.model_name = name
     model.model_cfg = cfg
-    return model
+    return reparameterize_model(model) if deploy and not has_deploy_field else model
 
 
 def describe_models() -> list[tuple[str, str]]:

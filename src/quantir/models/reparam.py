@@ -8,12 +8,14 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from quantir.models.protocol import Reparameterizable
+
 
 def reparameterize_model(model: nn.Module) -> nn.Module:
-    """Return a deep copy with every block that has ``reparameterize()`` fused to its deploy form."""
+    """Return a deep copy with every ``Reparameterizable`` block fused to its deploy form."""
     fused = copy.deepcopy(model)
     for module in list(fused.modules()):
-        if hasattr(module, "reparameterize") and module is not fused:
+        if isinstance(module, Reparameterizable) and module is not fused:
             module.reparameterize()
     fused.reparameterized = True
     return fused.eval()

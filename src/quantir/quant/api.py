@@ -14,6 +14,7 @@ fixed: what convert exports).
 from __future__ import annotations
 
 import copy
+import enum
 from collections.abc import Iterable
 
 import torch
@@ -29,38 +30,52 @@ from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e  # noqa: E402
 from torchao.quantization.pt2e.quantizer import QuantizationSpec  # noqa: E402
 
+from quantir.data.task import ModelInfo  # noqa: E402
 from quantir.errors import ConfigError  # noqa: E402
-from quantir.models.registry import ModelInfo  # noqa: E402
+from quantir.models.layers import NHWC  # noqa: E402
+from quantir.models.protocol import RestorationModel, as_restoration_model  # noqa: E402
 from quantir.models.reparam import has_batchnorm, reparameterize_model  # noqa: E402
+from quantir.numerics import IO_ZERO_POINT  # noqa: E402
 from quantir.quant.config import QuantConfig  # noqa: E402
 from quantir.quant.exact import emulate_integer_convs, emulate_integer_convs_converted, restore_convs  # noqa: E402
 from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize  # noqa: E402
 from quantir.quant.observers import RangeObserver  # noqa: E402
+from quantir.quant.odm import enable_mismatch  # noqa: E402
 from quantir.quant.quantizer import FullIntQuantizer, IOQuant  # noqa: E402
 
-PHASES = ("observe", "learn", "freeze_ranges", "freeze")
+
+class Phase(str, enum.Enum):
+    """The freeze schedule, in order (torchao's QATStep style: a closed set, not free strings)."""
+
+    OBSERVE = "observe"
+    LEARN = "learn"
+    FREEZE_RANGES = "freeze_ranges"
+    FREEZE = "freeze"
 
 
-class _NHWC(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+PHASES = tuple(p.value for p in Phase)
 
 
 class QuantizedModel(nn.Module):
-    """Fake-quant (prepared) or integer (converted) graph behind an NCHW interface."""
+    """Fake-quant (prepared) or integer (converted) graph behind an NCHW interface.
+
+    A converted model carries every graph that ships: ``graph_module`` runs (integer-exact convs),
+    ``export_graph`` is lowered to TFLite (plain Q/DQ patterns the converter recognises) and
+    ``onnx_graph`` to ONNX (the same conversion with int8 weights folded to constants). Both are
+    kept out of the module tree.
+    """
 
     def __init__(self, graph: torch.fx.GraphModule, info: ModelInfo, config: QuantConfig, quantizer,
-                 converted: bool = False, export_graph: torch.fx.GraphModule | None = None):
+                 converted: bool = False, export_graph: torch.fx.GraphModule | None = None,
+                 onnx_graph: torch.fx.GraphModule | None = None, source_model_name: str | None = None,
+                 source_model_cfg=None):
         super().__init__()
         self.graph_module = graph
         self.info, self.config, self.quantizer, self.converted = info, config, quantizer, converted
-        # Converted models: ``graph_module`` runs (integer-exact convs), ``export_graph`` is lowered
-        # to TFLite (plain Q/DQ patterns the converter recognises). Kept out of the module tree.
         self.__dict__["export_graph"] = export_graph if export_graph is not None else graph
+        self.__dict__["onnx_graph"] = onnx_graph
+        self.source_model_name, self.source_model_cfg = source_model_name, source_model_cfg
+        self.phase = Phase.FREEZE if converted else Phase.OBSERVE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -82,7 +97,7 @@ class QuantizedModel(nn.Module):
         return self
 
     def fake_quantizers(self) -> list[nn.Module]:
-        return [m for m in self.graph_module.modules() if hasattr(m, "calculate_qparams")]
+        return [m for m in self.graph_module.modules() if isinstance(m, (ActFakeQuantize, WeightFakeQuantize))]
 
 
 def _specs(config: QuantConfig, learnable: bool) -> tuple[QuantizationSpec, QuantizationSpec]:
@@ -100,8 +115,8 @@ def _specs(config: QuantConfig, learnable: bool) -> tuple[QuantizationSpec, Quan
     return act, weight
 
 
-def _export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    info: ModelInfo = model.info
+def _export(model: RestorationModel, example: torch.Tensor) -> torch.fx.GraphModule:
+    info = model.info
     if example.dim() != 4 or example.shape[1] != 3:
         raise ConfigError(f"example input must be Bx3xHxW, got {tuple(example.shape)}")
     m = info.size_multiple
@@ -109,73 +124,77 @@ def _export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
         raise ConfigError(f"example input H and W must be multiples of {m} for this model")
     if example.shape[0] < 2:
         example = example.repeat(2, 1, 1, 1)  # torch.export specialises a batch of 1
-    core = model.export_module() if hasattr(model, "export_module") else model
+    core = model.export_module()
     batch = Dim("batch", min=1, max=4096)
     if m == 1:
-        lo = 4 if info.task == "sr" else 16  # encoder-decoders need a few pixels left at the bottleneck
+        lo = 4 if info.is_sr else 16  # encoder-decoders need a few pixels left at the bottleneck
         h, w = Dim("height", min=lo, max=16384), Dim("width", min=lo, max=16384)
     else:
         h, w = m * Dim("h", min=1, max=16384 // m), m * Dim("w", min=1, max=16384 // m)
     nhwc = example.permute(0, 2, 3, 1).contiguous()
-    ep = torch.export.export(_NHWC(core).eval(), (nhwc,), dynamic_shapes=({0: batch, 1: h, 2: w},))
+    ep = torch.export.export(NHWC(core).eval(), (nhwc,), dynamic_shapes=({0: batch, 1: h, 2: w},))
     return ep.module()
 
 
-def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learnable: bool) -> QuantizedModel:
-    if not hasattr(model, "info"):
-        raise ConfigError("model has no .info (create it with quantir.models.create_model)")
+def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learnable: bool,
+             info: ModelInfo | None) -> QuantizedModel:
+    model = as_restoration_model(model, info)
     if has_batchnorm(model):
         model = reparameterize_model(model)  # QAT runs on the fused deploy graph (AIO_MAI recipe)
     if has_batchnorm(model):
         raise ConfigError("model still has BatchNorm after reparameterize(); fold it before quantization")
     model = copy.deepcopy(model).eval()
-    if hasattr(model, "clamp_output"):
-        model.clamp_output = True
+    model.clamp_output = True
     info = model.info
     act, weight = _specs(config, learnable and config.learn_act_ranges)
-    quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=-128))
+    quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=IO_ZERO_POINT))
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
     if config.exact_conv:
         emulate_integer_convs(graph, elementwise=config.exportable)
-    qmodel = QuantizedModel(graph, info, config, quantizer)
-    qmodel.source_model_name = getattr(model, "model_name", None)
-    qmodel.source_model_cfg = getattr(model, "model_cfg", None)
+    qmodel = QuantizedModel(graph, info, config, quantizer, source_model_name=model.model_name,
+                            source_model_cfg=model.model_cfg)
     if config.odm.enabled:
-        from quantir.quant.odm import enable_mismatch
-
         enable_mismatch(qmodel, config.odm.detach_q)
-    set_phase(qmodel, "observe")
+    set_phase(qmodel, Phase.OBSERVE)
     return qmodel.train()
 
 
-def prepare_qat(model: nn.Module, example_input: torch.Tensor, config: QuantConfig = QuantConfig()) -> QuantizedModel:
-    """Export ``model`` (fusing re-parameterizable blocks first) and insert trainable fake quantizers."""
-    return _prepare(model, example_input, config, learnable=True)
+def prepare_qat(model: nn.Module, example_input: torch.Tensor, config: QuantConfig = QuantConfig(),
+                info: ModelInfo | None = None) -> QuantizedModel:
+    """Export ``model`` (fusing re-parameterizable blocks first) and insert trainable fake quantizers.
+
+    ``info`` declares what a plain ``nn.Module`` computes (task, scale, pixel range); registered
+    models carry their own.
+    """
+    return _prepare(model, example_input, config, learnable=True, info=info)
 
 
-def prepare_ptq(model: nn.Module, example_input: torch.Tensor, config: QuantConfig = QuantConfig()) -> QuantizedModel:
+def prepare_ptq(model: nn.Module, example_input: torch.Tensor, config: QuantConfig = QuantConfig(),
+                info: ModelInfo | None = None) -> QuantizedModel:
     """Like ``prepare_qat`` but for post-training quantization: ranges come only from ``calibrate``."""
-    return _prepare(model, example_input, config, learnable=False)
+    return _prepare(model, example_input, config, learnable=False, info=info)
 
 
-def set_phase(qmodel: QuantizedModel, phase: str) -> None:
+def set_phase(qmodel: QuantizedModel, phase: Phase | str) -> None:
     """Switch every fake quantizer to a phase of the schedule (see module docstring)."""
-    if phase not in PHASES:
-        raise ConfigError(f"unknown phase {phase!r}; choose from {', '.join(PHASES)}")
+    try:
+        phase = Phase(phase)
+    except ValueError:
+        raise ConfigError(f"unknown phase {phase!r}; choose from {', '.join(PHASES)}") from None
     for fq in qmodel.fake_quantizers():
         if isinstance(fq, ActFakeQuantize):
-            fq.enable_observer(phase == "observe")
-            fq.set_learning(phase == "learn" and qmodel.config.learn_act_ranges)
+            fq.enable_observer(phase is Phase.OBSERVE)
+            fq.set_learning(phase is Phase.LEARN and qmodel.config.learn_act_ranges)
         elif isinstance(fq, WeightFakeQuantize):
-            fq.enable_observer(phase != "freeze")
-            fq.gamma.requires_grad_(fq.clip_percentile is not None and phase != "freeze")
+            fq.enable_observer(phase is not Phase.FREEZE)
+            fq.gamma.requires_grad_(fq.clip_percentile is not None and phase is not Phase.FREEZE)
     qmodel.phase = phase
 
 
 @torch.no_grad()
 def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor], n_batches: int | None = None) -> int:
     """Observe activation ranges on ``batches`` (calibration data, never evaluation data), then freeze."""
-    set_phase(qmodel, "observe")
+    set_phase(qmodel, Phase.OBSERVE)
     was_training = qmodel.training
     qmodel.eval()
     used = 0
@@ -184,7 +203,7 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor], n_batches
             break
         qmodel(x)
         used += 1
-    set_phase(qmodel, "freeze")
+    set_phase(qmodel, Phase.FREEZE)
     qmodel.train(was_training)
     return used
 
@@ -192,7 +211,7 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor], n_batches
 @torch.no_grad()
 def refresh_weight_qparams(qmodel: QuantizedModel, example: torch.Tensor) -> None:
     """Recompute weight scales from the current weights (after the last optimiser step), then fix all."""
-    saved = qmodel.phase if hasattr(qmodel, "phase") else "freeze"
+    saved = qmodel.phase
     for fq in qmodel.fake_quantizers():
         if isinstance(fq, WeightFakeQuantize):
             fq.enable_observer(True)
@@ -202,7 +221,7 @@ def refresh_weight_qparams(qmodel: QuantizedModel, example: torch.Tensor) -> Non
     qmodel.eval()
     qmodel(example[:1])
     qmodel.train(was_training)
-    set_phase(qmodel, "freeze" if saved == "freeze" else saved)
+    set_phase(qmodel, saved)
 
 
 def plain_graph(qmodel: QuantizedModel) -> torch.fx.GraphModule:
@@ -236,18 +255,22 @@ def convert(qmodel: QuantizedModel, example: torch.Tensor | None = None) -> Quan
         raise ConfigError(f"only 8-bit models convert (this one is W{qmodel.config.weight_bits}A{qmodel.config.act_bits})")
     if example is not None:
         refresh_weight_qparams(qmodel, example)
-    set_phase(qmodel, "freeze")
+    set_phase(qmodel, Phase.FREEZE)
     qmodel.eval()
-    export_graph = convert_pt2e(plain_graph(qmodel), fold_quantize=False)
-    for m in export_graph.modules():
-        m.training = False
+    export_graph, onnx_graph = (_eval_mode(convert_pt2e(plain_graph(qmodel), fold_quantize=fold))
+                                for fold in (False, True))
     graph = export_graph
     if qmodel.config.exact_conv:
         graph = copy.deepcopy(export_graph)
         emulate_integer_convs_converted(graph, elementwise=qmodel.config.exportable)
     out = QuantizedModel(graph, qmodel.info, qmodel.config, qmodel.quantizer, converted=True,
-                         export_graph=export_graph)
-    out.source_model_name = getattr(qmodel, "source_model_name", None)
-    out.source_model_cfg = getattr(qmodel, "source_model_cfg", None)
+                         export_graph=export_graph, onnx_graph=onnx_graph,
+                         source_model_name=qmodel.source_model_name, source_model_cfg=qmodel.source_model_cfg)
     out.training = False
     return out
+
+
+def _eval_mode(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    for m in graph.modules():
+        m.training = False
+    return graph

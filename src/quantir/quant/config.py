@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
-from quantir.config import require
+from quantir.config import check_choices
+from quantir.errors import require
 from quantir.quant.observers import RangeMethod
 
 
@@ -22,12 +24,12 @@ class ODMConfig:
 
     mismatch_weight: float = 0.0
     cooperative: bool = True
-    granularity: str = "layer"
+    granularity: Literal["model", "layer"] = "layer"
     detach_q: bool = True
 
     def __post_init__(self):
-        require(self.mismatch_weight >= 0, "odm.mismatch_weight must be >= 0")
-        require(self.granularity in ("model", "layer"), "odm.granularity must be 'model' or 'layer'")
+        check_choices(self)
+        require(self.mismatch_weight >= 0, "mismatch_weight must be >= 0")
 
     @property
     def enabled(self) -> bool:
@@ -58,7 +60,7 @@ class QuantConfig:
     odm: ODMConfig = ODMConfig()
 
     def __post_init__(self):
-        require(2 <= self.act_bits <= 8 and 2 <= self.weight_bits <= 8, "bit widths must be in 2..8")
+        require(2 <= self.act_bits <= 8 and 2 <= self.weight_bits <= 8, "act_bits and weight_bits must be in 2..8")
         require(50.0 < self.act_percentile <= 100.0, "act_percentile must be in (50, 100]")
         if self.weight_clip_percentile is not None:
             require(50.0 < self.weight_clip_percentile <= 100.0, "weight_clip_percentile must be in (50, 100]")

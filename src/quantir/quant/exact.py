@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
+from quantir.numerics import INT8_MAX, INT8_MIN, SCALE_FLOOR
+
 aten = torch.ops.aten
 _qd = torch.ops.quantized_decomposed
 _CONV_DEFAULTS = ([1, 1], [0, 0], [1, 1], 1)
 _FLOAT32_EXACT_TERMS = (2**24) // (255 * 127)  # below this, float32 sums of int8 products stay integers
-_EPS = 2**-12
 
 
 def _f32(v) -> torch.Tensor:
@@ -42,11 +43,11 @@ def _f32(v) -> torch.Tensor:
 
 def _scale(v) -> torch.Tensor:
     """A per-tensor scale as the fake quantizers use it (clamped like their forward does)."""
-    return torch.clamp(_f32(v).reshape(()), min=_EPS)
+    return torch.clamp(_f32(v).reshape(()), min=SCALE_FLOOR)
 
 
 def _zp(v) -> torch.Tensor:
-    return torch.clamp(torch.round(torch.as_tensor(v, dtype=torch.float32).reshape(())), -128, 127)
+    return torch.clamp(torch.round(torch.as_tensor(v, dtype=torch.float32).reshape(())), INT8_MIN, INT8_MAX)
 
 
 def _observing(flags) -> bool:
@@ -132,7 +133,7 @@ def exact_add(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
         ma, mb, shift = xnnpack_add_multipliers(float(_scale(s_a)), float(_scale(s_b)), float(s_o))
         za, zb, zo = int(_zp(z_a)), int(_zp(z_b)), int(_zp(z_out))
         acc = _grid(a, s_a, z_a) * ma + _grid(b, s_b, z_b) * mb + ((1 << (shift - 1)) - ma * za - mb * zb)
-        q = torch.clamp(torch.div(acc, 1 << shift, rounding_mode="floor") + zo, -128, 127)
+        q = torch.clamp(torch.div(acc, 1 << shift, rounding_mode="floor") + zo, INT8_MIN, INT8_MAX)
         y = (q - zo).float() * s_o
     return plain + (y - plain).detach()
 
@@ -147,7 +148,7 @@ def exact_mul(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
         scale = (_scale(s_a) * _scale(s_b)) / s_o
         za, zb, zo = _zp(z_a), _zp(z_b), _zp(z_out)
         prod = ((_grid(a, s_a, z_a) - za.long()) * (_grid(b, s_b, z_b) - zb.long())).float()
-        q = torch.clamp(torch.round(prod * scale) + zo, -128, 127)
+        q = torch.clamp(torch.round(prod * scale) + zo, INT8_MIN, INT8_MAX)
         y = (q - zo) * s_o
     return plain + (y - plain).detach()
 

@@ -23,6 +23,7 @@ import math
 import torch
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
+from quantir.numerics import INT8_MAX, INT8_MIN, SCALE_FLOOR
 from quantir.quant.observers import RangeObserver
 
 
@@ -80,7 +81,7 @@ class _LearnableFakeQuant(torch.autograd.Function):
 class ActFakeQuantize(FakeQuantizeBase):
     """Per-tensor affine activation fake-quant: observe, then learn (LSQ+) or freeze the range."""
 
-    def __init__(self, observer=RangeObserver, quant_min=-128, quant_max=127, learnable=True,
+    def __init__(self, observer=RangeObserver, quant_min=INT8_MIN, quant_max=INT8_MAX, learnable=True,
                  grad_scaling=True, dtype=torch.int8, qscheme=torch.per_tensor_affine,
                  is_dynamic=False, **observer_kwargs):
         super().__init__()
@@ -124,7 +125,7 @@ class ActFakeQuantize(FakeQuantizeBase):
 
     @torch.jit.export
     def calculate_qparams(self):
-        scale = torch.clamp(self.scale.detach(), min=2**-12)
+        scale = torch.clamp(self.scale.detach(), min=SCALE_FLOOR)
         zp = torch.clamp(torch.round(self.zero_point.detach()), self.quant_min, self.quant_max)
         return scale, zp.to(torch.int32)
 
@@ -142,7 +143,7 @@ class ActFakeQuantize(FakeQuantizeBase):
             factor = 1.0 / math.sqrt(per_sample * self.quant_max)
         # Out-of-place clamp: a quantizer shared by several graph edges runs more than once per
         # forward, and an in-place update would invalidate the tensors saved for backward.
-        scale = torch.clamp(self.scale, min=2**-12)
+        scale = torch.clamp(self.scale, min=SCALE_FLOOR)
         y = _LearnableFakeQuant.apply(x, scale, self.zero_point, self.quant_min, self.quant_max, -1, factor)
         if self.mismatch_mode is not None:
             target = y.detach() if self.mismatch_mode == "detached" else y
@@ -163,7 +164,7 @@ class WeightFakeQuantize(FakeQuantizeBase):
     that convert exports.
     """
 
-    def __init__(self, quant_min=-127, quant_max=127, dtype=torch.int8, qscheme=torch.per_channel_symmetric,
+    def __init__(self, quant_min=-INT8_MAX, quant_max=INT8_MAX, dtype=torch.int8, qscheme=torch.per_channel_symmetric,
                  ch_axis=0, clip_percentile: float | None = None, is_dynamic=False, **_ignored):
         super().__init__()
         self.quant_min, self.quant_max = int(quant_min), int(quant_max)
@@ -189,9 +190,9 @@ class WeightFakeQuantize(FakeQuantizeBase):
 
     def forward(self, w):
         if bool(self.observer_enabled[0]):
-            scale = torch.clamp(self._range(w) / self.quant_max, min=2**-12)
+            scale = torch.clamp(self._range(w) / self.quant_max, min=SCALE_FLOOR)
             if self.clip_percentile is not None:
-                scale = torch.clamp(scale * self.gamma.detach(), min=2**-12)
+                scale = torch.clamp(scale * self.gamma.detach(), min=SCALE_FLOOR)
             with torch.no_grad():
                 if self.scale.shape != scale.shape:
                     self.scale.resize_(scale.shape)

@@ -14,6 +14,8 @@ import enum
 import torch
 from torchao.quantization.pt2e.observer import UniformQuantizationObserverBase
 
+from quantir.numerics import SCALE_FLOOR
+
 
 class RangeMethod(str, enum.Enum):
     MINMAX = "minmax"
@@ -22,7 +24,7 @@ class RangeMethod(str, enum.Enum):
     MSE = "mse"
 
 
-def affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, eps: float = 2**-12):
+def affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, eps: float = SCALE_FLOOR):
     """Scale/zero point for an asymmetric range that always contains 0 (so ReLU zeros stay exact)."""
     lo = torch.clamp(lo, max=0.0).float()
     hi = torch.clamp(hi, min=0.0).float()
@@ -60,7 +62,7 @@ class RangeObserver(UniformQuantizationObserverBase):
 
     def __init__(self, method: RangeMethod | str = RangeMethod.MINMAX, percentile: float = 99.99,
                  averaging_constant: float = 0.01, sample_size: int = 200_000, dtype=torch.int8,
-                 qscheme=torch.per_tensor_affine, quant_min=None, quant_max=None, eps=2**-12,
+                 qscheme=torch.per_tensor_affine, quant_min=None, quant_max=None, eps=SCALE_FLOOR,
                  is_dynamic=False, **kwargs):
         super().__init__(dtype=dtype, qscheme=qscheme, quant_min=quant_min, quant_max=quant_max,
                          eps=eps, is_dynamic=is_dynamic, **kwargs)

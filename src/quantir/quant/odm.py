@@ -53,7 +53,7 @@ def combine_gradients(named_grads_r: list[tuple[str, torch.Tensor | None]], grad
                       lambda_r: float, lambda_m: float, granularity: str) -> tuple[list[torch.Tensor], list[float]]:
     """lambda_r g_R + lambda_m sim g_M per parameter; returns the gradients and the similarities used."""
     names = [n for n, _ in named_grads_r]
-    gr = [g if g is not None else None for _, g in named_grads_r]
+    gr = [g for _, g in named_grads_r]
     groups: dict[str, list[int]] = {}
     for i, n in enumerate(names):
         key = "model" if granularity == "model" else _layer_key(n)

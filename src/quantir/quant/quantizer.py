@@ -30,6 +30,8 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from quantir.numerics import INT8_MAX, INT8_MIN, SIGMOID_QPARAMS, TANH_QPARAMS
+
 aten = torch.ops.aten
 
 COMPUTE_OPS = {aten.conv2d.default, aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, aten.linear.default}
@@ -45,7 +47,7 @@ SHARED_OPS = {
 CLAMP_OPS = {aten.clamp.default, aten.hardtanh.default}
 # Unary ops with a new output range of their own (their int8 kernels requantize).
 UNARY_OPS = {aten.leaky_relu.default, aten.instance_norm.default, aten.gelu.default, aten.hardswish.default}
-FIXED_QPARAMS = {aten.tanh.default: (1.0 / 128.0, 0), aten.sigmoid.default: (1.0 / 256.0, -128)}
+FIXED_QPARAMS = {aten.tanh.default: TANH_QPARAMS, aten.sigmoid.default: SIGMOID_QPARAMS}
 CAT_OPS = {aten.cat.default, aten.concat.default}
 BINARY_SHARED = {aten.minimum.default, aten.maximum.default}  # TFLite MINIMUM/MAXIMUM: one scale for all
 
@@ -59,11 +61,11 @@ class IOQuant:
 
     @property
     def representable(self) -> tuple[float, float]:
-        return ((-128 - self.zero_point) * self.scale, (127 - self.zero_point) * self.scale)
+        return ((INT8_MIN - self.zero_point) * self.scale, (INT8_MAX - self.zero_point) * self.scale)
 
     def spec(self) -> FixedQParamsQuantizationSpec:
         return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=self.scale, zero_point=self.zero_point,
-                                            quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+                                            quant_min=INT8_MIN, quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
 
 
 def _is_tensor_node(n) -> bool:
@@ -149,8 +151,8 @@ class FullIntQuantizer(Quantizer):
             elif n.target in FIXED_QPARAMS:
                 scale, zp = FIXED_QPARAMS[n.target]
                 inp = n.args[0]
-                spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zp, quant_min=-128,
-                                                    quant_max=127, qscheme=torch.per_tensor_affine)
+                spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zp, quant_min=INT8_MIN,
+                                                    quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
                 _mark(n, {inp: self._input_spec(inp)}, spec)
             elif n.target in SHARED_OPS:
                 inp = n.args[0]

@@ -9,10 +9,15 @@ fused graph, distilled from the fused FP32 model), then export and evaluation.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
-from quantir.config import require
+from quantir.config import check_choices
 from quantir.data.degrade import DegradationConfig
+from quantir.data.task import ModelInfo, Task
+from quantir.errors import require
+from quantir.export.config import ExportConfig
 from quantir.quant.config import QuantConfig
+from quantir.train.device import check_device_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +52,7 @@ class StageConfig:
     steps: int = 1000
     lr: float = 1e-3
     lr_min: float = 1e-6
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup: int = 0  # linear warm-up steps (from lr/10)
     step_size: int = 1000  # step schedule: halve every step_size steps
     batch: int | None = None  # None: data.batch
@@ -60,9 +65,9 @@ class StageConfig:
     loss: LossConfig = LossConfig(l1=1.0)
 
     def __post_init__(self):
+        check_choices(self)
         require(self.steps >= 0, "steps must be >= 0")
         require(self.lr > 0, "lr must be positive")
-        require(self.schedule in ("cosine", "step", "constant"), "schedule must be cosine, step or constant")
         require(self.val_every > 0 and self.ckpt_every > 0, "val_every and ckpt_every must be positive")
         require(0 <= self.ema < 1, "ema must be in [0, 1)")
 
@@ -86,7 +91,7 @@ class QATConfig:
                                      loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
 
     def __post_init__(self):
-        require(0.0 <= self.freeze_ranges_at <= 1.0, "qat.freeze_ranges_at must be in [0, 1]")
+        require(0.0 <= self.freeze_ranges_at <= 1.0, "freeze_ranges_at must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +101,7 @@ class DataConfig:
     val_holdout: int = 4  # photos of train_dir kept out of training for validation / model selection
     eval_dir: str | None = "data/samples/eval"  # evaluation photos for the report (never trained on)
     eval_inputs_dir: str | None = None  # real inputs matched to eval_dir by name (e.g. DPED phone photos)
-    layout: str = "folder"  # folder | div2k | dped
+    layout: Literal["folder", "div2k", "dped"] = "folder"
     root: str | None = None  # DIV2K or DPED root for those layouts
     phone: str = "iphone"
     hr_downscale: int | None = None  # clean-HR downscale of training photos (None: /2, or /4 for 4K+)
@@ -109,28 +114,22 @@ class DataConfig:
     degradation: DegradationConfig = DegradationConfig()
 
     def __post_init__(self):
-        require(self.layout in ("folder", "div2k", "dped"), "data.layout must be folder, div2k or dped")
-        require(self.patch >= 8 and self.batch >= 1, "data.patch >= 8 and data.batch >= 1")
-        require(self.layout == "folder" or self.root, f"data.root is required for layout {self.layout!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportSettings:
-    enabled: bool = True
-    formats: tuple[str, ...] = ("tflite", "onnx")
-    shape: tuple[int, int] | None = None  # extra fixed-shape int8 TFLite (e.g. [720, 1280] for MAI 2026)
-    parity_limit: int | None = None  # evaluation photos used for the parity report (None: all)
+        check_choices(self)
+        require(self.patch >= 8 and self.batch >= 1, "patch must be >= 8 and batch >= 1")
+        require(self.layout == "folder" or self.root, f"root is required for layout {self.layout!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    task: str = "sr"
+    task: Task = Task.SR
     scale: int = 3
     model: str = "mobileone_sr"
     model_options: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     deterministic: bool = True
     threads: int | None = None
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N; checkpoints are device-free
+    amp: bool = True  # bf16 autocast for the FP32 stages and the teacher on CUDA (QAT and the CPU never)
     bn_recal_batches: int = 64
     data: DataConfig = DataConfig()
     teacher: TeacherStageConfig = TeacherStageConfig()
@@ -138,14 +137,20 @@ class TrainConfig:
     stage2: StageConfig = StageConfig(steps=500, lr=5e-5, schedule="step", step_size=250,
                                       loss=LossConfig(charbonnier=1.0, dct=0.02, kd=0.03))
     qat: QATConfig = QATConfig()
-    export: ExportSettings = ExportSettings()
+    export: ExportConfig = ExportConfig()
 
     def __post_init__(self):
-        require(self.task in ("sr", "enhance"), "task must be sr or enhance")
-        require(self.task != "sr" or self.scale in (2, 3, 4), "scale must be 2, 3 or 4")
-        require(self.task != "enhance" or self.data.layout != "div2k", "DIV2K is an SR layout")
+        object.__setattr__(self, "task", Task(self.task))
+        check_device_spec(self.device)
+        require(self.task is not Task.SR or self.scale in (2, 3, 4), "scale must be 2, 3 or 4")
+        require(self.task is not Task.ENHANCE or self.data.layout != "div2k", "DIV2K is an SR layout")
         require(self.qat.enabled or not self.export.enabled, "export needs the QAT stage (qat.enabled)")
 
     @property
     def sr_scale(self) -> int:
-        return self.scale if self.task == "sr" else 1
+        return self.scale if self.task is Task.SR else 1
+
+    @property
+    def task_info(self) -> ModelInfo:
+        """Task and scale as a ``ModelInfo``: the border shave, baseline and evaluation pairs of this run."""
+        return ModelInfo(task=self.task, scale=self.sr_scale)

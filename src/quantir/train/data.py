@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from quantir.data.datasets import (Pair, PairSequence, div2k_dirs, dped_dirs, enhance_pairs, folder_pairs,
-                                   holdout_split, image_files, match_pairs, sr_pairs)
-from quantir.data.degrade import degrade, stable_seed
+from quantir.data.datasets import (Pair, PairSequence, div2k_dirs, dped_dirs, folder_pairs, holdout_split,
+                                   image_files, match_pairs, sr_pairs)
 from quantir.data.io import read_image
 from quantir.data.patches import PatchDataset, Source
 from quantir.data.resize import downscale, make_clean_hr, mod_crop
 from quantir.errors import DataError
+from quantir.models.apply import to_model_units
 from quantir.train.config import TrainConfig
 
 
@@ -41,22 +41,19 @@ def _center_crop(img: np.ndarray, size: int, multiple: int) -> np.ndarray:
 
 
 def _source(cfg: TrainConfig, hr: np.ndarray, name: str, lr: np.ndarray | None = None) -> Source:
-    s = cfg.sr_scale
-    if cfg.task == "sr":
-        target = mod_crop(hr, s)
-        if lr is None:
-            lr = downscale(target, s)
-        return Source(target=target, input=lr, name=name)
-    return Source(target=hr, input=lr, name=name)
+    """A training photo. SR inputs are computed once (bicubic LR); enhancement inputs stay None and
+    are degraded afresh for every patch."""
+    info = cfg.task_info
+    target = mod_crop(hr, info.scale)
+    if lr is None and info.is_sr:
+        lr = downscale(target, info.scale)
+    return Source(target=target, input=lr, name=name)
 
 
 def _val_pair(cfg: TrainConfig, hr: np.ndarray, name: str, multiple: int) -> Pair:
-    s = cfg.sr_scale
-    target = _center_crop(hr, cfg.data.val_size, max(s, multiple) * (1 if cfg.task == "sr" else 1))
-    if cfg.task == "sr":
-        return Pair(name, downscale(target, s), target)
-    rng = np.random.default_rng(stable_seed(name, cfg.seed + 1))
-    return Pair(name, degrade(target, rng, cfg.data.degradation), target)
+    info = cfg.task_info
+    target = _center_crop(hr, cfg.data.val_size, max(info.scale, multiple))
+    return info.synthetic_pair(target, name, seed=cfg.seed + 1, degradation=cfg.data.degradation)
 
 
 def build_splits(cfg: TrainConfig, multiple: int = 1) -> Splits:
@@ -84,7 +81,7 @@ def build_splits(cfg: TrainConfig, multiple: int = 1) -> Splits:
             hr = hr[: lr.shape[0] * cfg.scale, : lr.shape[1] * cfg.scale]
         sources.append(_source(cfg, hr, f.name, lr))
     val = [_val_pair(cfg, make_clean_hr(read_image(f), factor), f.name, multiple) for f in val_files]
-    return Splits(sources, val, _eval_pairs(cfg, multiple), [f.name for f in train_files])
+    return Splits(sources, val, eval_pairs(cfg), [f.name for f in train_files])
 
 
 def _dped_splits(cfg: TrainConfig) -> Splits:
@@ -99,10 +96,11 @@ def _dped_splits(cfg: TrainConfig) -> Splits:
     sources = [Source(target=read_image(t), input=read_image(i), name=t.name)
                for k, (i, t) in enumerate(pairs) if k not in val_idx]
     val = [Pair(pairs[k][1].name, read_image(pairs[k][0]), read_image(pairs[k][1])) for k in sorted(val_idx)]
-    return Splits(sources, val, _eval_pairs(cfg, 1), [s.name for s in sources])
+    return Splits(sources, val, eval_pairs(cfg), [s.name for s in sources])
 
 
-def _eval_pairs(cfg: TrainConfig, multiple: int) -> PairSequence | None:
+def eval_pairs(cfg: TrainConfig) -> PairSequence | None:
+    """The run's evaluation pairs (never trained, validated or calibrated on); None without an eval folder."""
     d = cfg.data
     if d.layout == "div2k":
         hr_dir, lr_dir = div2k_dirs(d.root, "valid", cfg.scale)
@@ -114,12 +112,8 @@ def _eval_pairs(cfg: TrainConfig, multiple: int) -> PairSequence | None:
         return None
     if not Path(d.eval_dir).is_dir():
         raise DataError(f"{d.eval_dir}: evaluation folder not found (run 'quantir data fetch samples --out data/samples')")
-    if d.eval_inputs_dir:
-        return folder_pairs(d.eval_inputs_dir, d.eval_dir, scale=cfg.sr_scale if cfg.task == "sr" else None,
-                            limit=d.eval_limit)
-    if cfg.task == "sr":
-        return sr_pairs(d.eval_dir, cfg.scale, limit=d.eval_limit)
-    return enhance_pairs(d.eval_dir, seed=0, degradation=d.degradation, limit=d.eval_limit)
+    return cfg.task_info.eval_pairs(d.eval_dir, d.eval_inputs_dir, limit=d.eval_limit, seed=0,
+                                    degradation=d.degradation)
 
 
 class StepSampler(Sampler):
@@ -152,16 +146,17 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 def patch_loader(cfg: TrainConfig, sources: list[Source], patch: int, batch: int, steps: int, start_step: int,
-                 salt: int, augment: bool = True, rank: int = 0, world: int = 1) -> DataLoader:
-    degradation = cfg.data.degradation if (cfg.task == "enhance" and any(s.input is None for s in sources)) else None
+                 salt: int, augment: bool = True, rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataLoader:
+    # only enhancement sources lack a fixed input: theirs are degraded afresh for every patch
+    degradation = cfg.data.degradation if any(s.input is None for s in sources) else None
     ds = PatchDataset(sources, patch, cfg.sr_scale, samples_per_epoch=1, seed=cfg.seed * 1000 + salt,
                       augment=augment, flat_threshold=cfg.data.flat_threshold, degradation=degradation)
     return DataLoader(_Indexed(ds), batch_sampler=StepSampler(start_step, steps, batch, rank, world),
-                      num_workers=cfg.data.workers, persistent_workers=False)
+                      num_workers=cfg.data.workers, persistent_workers=False, pin_memory=pin_memory)
 
 
 def calibration_batches(cfg: TrainConfig, sources: list[Source], n: int, pixel_max: float, salt: int = 97):
     """Un-augmented training patches for range calibration and BN recalibration (never val/eval data)."""
     loader = patch_loader(cfg, sources, cfg.data.patch, cfg.data.batch, n, 0, salt, augment=False)
     for item in loader:
-        yield item["input"].float() * (pixel_max / 255.0)
+        yield to_model_units(item["input"], pixel_max)

@@ -1,6 +1,6 @@
 """One training stage: optimiser, schedule, EMA, validation, checkpoints, resume, NaN guard, DDP.
 
-Everything a resumed stage needs is in ``<stage>_last.pt``: weights, EMA weights, optimiser
+Everything a resumed stage needs is in ``<stage>_last.safetensors``: weights, EMA weights, optimiser
 state, step, best validation score and RNG states. Batches are a pure function of the step
 (``StepSampler``) and the learning rate a pure function of the step, so a run killed at any
 point and resumed produces the same metrics as an uninterrupted one.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import logging
 import math
 import os
 import random
@@ -22,20 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantir.errors import QuantirError
-from quantir.train import checkpoint
+from quantir.errors import TrainingError
+from quantir.quant import checkpoint
 from quantir.train.config import StageConfig
 from quantir.train.distributed import DistContext, wrap
 from quantir.utils import atomic_path
 
+log = logging.getLogger(__name__)
 METRIC_FIELDS = ("stage", "step", "loss", "terms", "lr", "val_psnr", "elapsed_s")
 
 
-class TrainingError(QuantirError):
-    exit_code = 3
-
-
-def _fault(stage: str, step: int) -> str | None:
+def fault_point(stage: str, step: int) -> str | None:
     """Fault injection for the crash/resume and NaN tests: QUANTIR_FAULT="kill:stage1:25" sends
     SIGKILL to this process at that step; "nan:qat:5" makes that step's loss NaN."""
     spec = os.environ.get("QUANTIR_FAULT", "")
@@ -128,7 +126,8 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
               progress: bool = True) -> torch.nn.Module:
     """Train ``spec.model`` in place; return the best (EMA) model by validation PSNR."""
     cfg, model = spec.cfg, spec.model
-    last_path, best_path = ckpt_dir / f"{spec.name}_last.pt", ckpt_dir / f"{spec.name}_best.pt"
+    last_path = ckpt_dir / f"{spec.name}_last{checkpoint.SUFFIX}"
+    best_path = ckpt_dir / f"{spec.name}_best{checkpoint.SUFFIX}"
     optimizer = torch.optim.Adam(spec.param_groups, lr=cfg.lr)
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
     step, best, started = 0, -math.inf, time.time()
@@ -186,7 +185,7 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
         for g, mult in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * mult
         optimizer.zero_grad(set_to_none=True)
-        fault = _fault(spec.name, step)
+        fault = fault_point(spec.name, step)
         if spec.custom_backward is not None:
             loss_value, terms = spec.custom_backward(model, batch)
         else:
@@ -221,8 +220,8 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
             val = evaluate_and_keep_best()
             model.train()
             if progress and ctx.is_main and (bar is None or bar.disable):  # no TTY: one line per validation
-                print(f"{spec.name} step {step}/{cfg.steps}  loss {running / max(n_running, 1):.5g}  "
-                      f"val PSNR {val:.3f} dB  best {best:.3f} dB  ({time.time() - started:.0f} s)", flush=True)
+                log.info("%s step %d/%d  loss %.5g  val PSNR %.3f dB  best %.3f dB  (%.0f s)", spec.name, step,
+                         cfg.steps, running / max(n_running, 1), val, best, time.time() - started)
         if val is not None or step % 25 == 0:
             if ctx.is_main:
                 terms_txt = ";".join(f"{k}={v / n_running:.5g}" for k, v in running_terms.items())

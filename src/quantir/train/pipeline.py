@@ -7,7 +7,9 @@ skips finished stages and continues the interrupted one from its last checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -15,16 +17,22 @@ import numpy as np
 import torch
 
 from quantir import config as config_io
-from quantir.errors import ConfigError
-from quantir.models import create_model, recalibrate_bn, reparameterize_model
+from quantir.errors import ConfigError, ModelFileError, TrainingError
+from quantir.models import create_model, model_config, recalibrate_bn, reparameterize_model
 from quantir.models.reparam import has_batchnorm
-from quantir.train import checkpoint
+from quantir.quant import checkpoint
+from quantir.quant.api import Phase, refresh_weight_qparams, set_phase
 from quantir.train.config import TrainConfig
 from quantir.train.data import build_splits, calibration_batches
+from quantir.train.device import resolve_device
 from quantir.train.distributed import DistContext, init_distributed
 from quantir.train.loop import MetricsLog, run_stage
+from quantir.train.report import finish_run
 from quantir.train.stages import Context, cache_teacher, float_stage, qat_stage
-from quantir.utils import atomic_write_text
+from quantir.utils import atomic_write_text, check_writable
+
+log = logging.getLogger(__name__)
+CKPT = checkpoint.SUFFIX
 
 STAGE_SALTS = {"teacher": 11, "stage1": 23, "stage2": 37, "qat": 53}
 
@@ -55,21 +63,24 @@ def _setup(cfg: TrainConfig) -> None:
 
 def _check_resume_config(cfg: TrainConfig, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
-    if saved.is_file():
-        import yaml
+    if not saved.is_file():
+        raise TrainingError(f"{run_dir}: no run to resume here (no config.yaml); drop --resume to start a new one")
+    import yaml
 
-        old = yaml.safe_load(saved.read_text())
-        new = config_io.to_dict(cfg)
-        if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
-            raise ConfigError(f"{saved} differs from the given config; resume with the same config "
-                              "(or start a new run directory)")
+    old = yaml.safe_load(saved.read_text())
+    new = config_io.to_dict(cfg)  # a plain-data comparison: the saved file may predate a field
+    for d in (old, new):  # a run may move between machines (CPU <-> GPU, another GPU count) and go on
+        d.pop("device", None)
+    if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
+        raise ConfigError(f"{saved} differs from the given config; resume with the same config "
+                          "(or start a new run directory)")
 
 
 def _init_model(cfg: TrainConfig, init: str | None):
     model = create_model(cfg.model, **cfg.model_options)
-    if model.info.task != cfg.task or (cfg.task == "sr" and model.info.scale != cfg.scale):
-        raise ConfigError(f"model {cfg.model!r} is a {model.info.task} x{model.info.scale} model, "
-                          f"but the config asks for {cfg.task} x{cfg.sr_scale}")
+    if (model.info.task, model.info.scale) != (cfg.task, cfg.sr_scale):
+        raise ConfigError(f"model {cfg.model!r} is a {model.info.task.value} x{model.info.scale} model, "
+                          f"but the config asks for {cfg.task.value} x{cfg.sr_scale}")
     if init is None:
         return model, False
     record = checkpoint.load(checkpoint.resolve(init))
@@ -86,14 +97,24 @@ def _init_model(cfg: TrainConfig, init: str | None):
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str | None = None,
           progress: bool = True, command: str | None = None) -> dict:
-    ctx_dist = init_distributed()
+    device = resolve_device(cfg.device)
+    ctx_dist = init_distributed(device)
     _setup(cfg)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    # Everything that can be wrong is checked before anything is written: a failed start leaves an
+    # existing run resumable and a fresh folder as it was.
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a folder")
+    check_writable(run_dir / "config.yaml", what="run")
+    if resume:
+        _check_resume_config(cfg, run_dir)
+    model, init_is_deploy = _init_model(cfg, init)
+    if cfg.teacher.enabled and cfg.task_info.is_sr:  # a typo fails now (no instance: the RNG stays untouched)
+        model_config(cfg.teacher.model, scale=cfg.scale, **cfg.teacher.model_options)
+    splits = build_splits(cfg, model.info.size_multiple)
     if ctx_dist.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _check_resume_config(cfg, run_dir)
         config_io.dump(cfg, run_dir / "config.yaml")
     ctx_dist.barrier()
     state = RunState(run_dir / "state.json")
@@ -101,16 +122,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
     if not resume:  # a fresh run in an old directory starts over
         state.data, metrics.rows = {"completed": {}}, []
         if ctx_dist.is_main:
-            import shutil
-
             shutil.rmtree(run_dir / "teacher_cache", ignore_errors=True)
     timings = state.data.setdefault("timings", {})
-    model, init_is_deploy = _init_model(cfg, init)
-    splits = build_splits(cfg, model.info.size_multiple)
+    model.to(device)
     ctx = Context(cfg, run_dir, ctx_dist, splits.sources, splits.val, model.info.pixel_max)
-    log = (lambda msg: print(msg, flush=True)) if (progress and ctx_dist.is_main) else (lambda msg: None)
-    log(f"data: {len(splits.sources)} training photos, {len(splits.val)} validation crops, "
-        f"{len(splits.eval) if splits.eval is not None else 0} evaluation photos")
+    if ctx_dist.is_main:
+        log.info("data: %d training photos, %d validation crops, %d evaluation photos", len(splits.sources),
+                 len(splits.val), len(splits.eval) if splits.eval is not None else 0)
 
     def timed(stage, fn):
         t0 = time.time()
@@ -119,23 +137,23 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
         return out
 
     # Teacher: train (or reuse) and cache its outputs on the training images.
-    if cfg.teacher.enabled and cfg.task == "sr":
-        teacher = create_model(cfg.teacher.model, scale=cfg.scale, **cfg.teacher.model_options)
+    if cfg.teacher.enabled and cfg.task_info.is_sr:  # the teacher distils SR outputs
+        teacher = create_model(cfg.teacher.model, scale=cfg.scale, **cfg.teacher.model_options).to(device)
         if state.done("teacher"):
-            teacher.load_state_dict(checkpoint.load(ckpt_dir / "teacher_final.pt")["state_dict"])
+            teacher.load_state_dict(checkpoint.load(ckpt_dir / f"teacher_final{CKPT}")["state_dict"])
         else:
             spec = float_stage(ctx, "teacher", teacher, cfg.teacher.train, STAGE_SALTS["teacher"])
             teacher = timed("teacher", lambda: run_stage(spec, ckpt_dir, metrics, ctx_dist, resume, progress))
             if ctx_dist.is_main:
-                checkpoint.save(checkpoint.float_record(teacher), ckpt_dir / "teacher_final.pt")
-            state.mark("teacher", {"checkpoint": "checkpoints/teacher_final.pt"}, ctx_dist)
+                checkpoint.save(checkpoint.float_record(teacher), ckpt_dir / f"teacher_final{CKPT}")
+            state.mark("teacher", {"checkpoint": f"checkpoints/teacher_final{CKPT}"}, ctx_dist)
         ctx.sources = timed("teacher_cache", lambda: cache_teacher(ctx, teacher))
 
     for name in ("stage1", "stage2"):
         stage = getattr(cfg, name)
         if not stage.enabled or init_is_deploy:
             continue
-        final = ckpt_dir / f"{name}_final.pt"
+        final = ckpt_dir / f"{name}_final{CKPT}"
         if state.done(name):
             model.load_state_dict(checkpoint.load(final)["state_dict"])
             continue
@@ -143,52 +161,48 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
         model = timed(name, lambda spec=spec: run_stage(spec, ckpt_dir, metrics, ctx_dist, resume, progress))
         if ctx_dist.is_main:
             checkpoint.save(checkpoint.float_record(model), final)
-        state.mark(name, {"checkpoint": f"checkpoints/{name}_final.pt"}, ctx_dist)
+        state.mark(name, {"checkpoint": f"checkpoints/{name}_final{CKPT}"}, ctx_dist)
         ctx_dist.barrier()
 
     # BN recalibration on training patches, then exact fusion to the deploy graph.
-    deploy_path = ckpt_dir / "deploy_fp32.pt"
+    deploy_path = ckpt_dir / f"deploy_fp32{CKPT}"
     if state.done("fuse"):
-        deploy = checkpoint.build_float(checkpoint.load(deploy_path))
+        deploy = checkpoint.build_float(checkpoint.load(deploy_path)).to(device)
     else:
-        if hasattr(model, "clamp_output"):
-            model.clamp_output = True
+        model.clamp_output = True
         used = 0
         if has_batchnorm(model) and not init_is_deploy:
-            used = recalibrate_bn(model, calibration_batches(cfg, ctx.sources, cfg.bn_recal_batches, ctx.pixel_max),
-                                  cfg.bn_recal_batches)
+            batches = (x.to(device) for x in calibration_batches(cfg, ctx.sources, cfg.bn_recal_batches, ctx.pixel_max))
+            used = recalibrate_bn(model, batches, cfg.bn_recal_batches)
         deploy = reparameterize_model(model)
         if ctx_dist.is_main:
             checkpoint.save(checkpoint.float_record(deploy), deploy_path)
-        state.mark("fuse", {"checkpoint": "checkpoints/deploy_fp32.pt", "bn_recal_batches": used}, ctx_dist)
+        state.mark("fuse", {"checkpoint": f"checkpoints/deploy_fp32{CKPT}", "bn_recal_batches": used}, ctx_dist)
     deploy.eval()
 
     qmodel = None
     if cfg.qat.enabled:
-        qat_path = ckpt_dir / "qat_final.pt"
+        qat_path = ckpt_dir / f"qat_final{CKPT}"
         if state.done("qat"):
-            qmodel = checkpoint.build_qat(checkpoint.load(qat_path))
+            qmodel = checkpoint.build_qat(checkpoint.load(qat_path)).to(device)
         else:
             spec, qmodel, example_hw = qat_stage(ctx, deploy, STAGE_SALTS["qat"])
             qmodel = timed("qat", lambda: run_stage(spec, ckpt_dir, metrics, ctx_dist, resume, progress))
-            from quantir.quant.api import refresh_weight_qparams, set_phase
-
-            set_phase(qmodel, "freeze")
-            refresh_weight_qparams(qmodel, torch.rand(1, 3, *example_hw) * ctx.pixel_max)
+            set_phase(qmodel, Phase.FREEZE)
+            refresh_weight_qparams(qmodel, (torch.rand(1, 3, *example_hw) * ctx.pixel_max).to(device))
             if ctx_dist.is_main:
                 checkpoint.save(checkpoint.qat_record(qmodel, example_hw, deploy), qat_path)
-            state.mark("qat", {"checkpoint": "checkpoints/qat_final.pt"}, ctx_dist)
+            state.mark("qat", {"checkpoint": f"checkpoints/qat_final{CKPT}"}, ctx_dist)
         qmodel.eval()
 
     result = {"run_dir": str(run_dir)}
+    deploy.cpu()  # export traces and converts on the CPU; evaluation matches the deployed runtimes
+    if qmodel is not None:
+        qmodel.cpu()
     if ctx_dist.is_main:
-        from quantir.train.report import finish_run
-
         result.update(timed("export_eval", lambda: finish_run(cfg, run_dir, deploy, qmodel, splits, metrics,
                                                               state.data, command, progress)))
         if result.get("export_error"):
-            from quantir.errors import ModelFileError
-
             raise ModelFileError(f"INT8 export failed (training and evaluation results are in {run_dir}): "
                                  f"{result['export_error']}")
         state.data["timings"] = timings

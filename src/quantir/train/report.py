@@ -4,71 +4,71 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-
-from quantir.evaluate.evaluate import bicubic_predictor, evaluate, format_table, identity_predictor
-from quantir.export.parity import format_parity, torch_uint8
+from quantir.evaluate.evaluate import evaluate, format_table
+from quantir.export.api import export_artifacts
+from quantir.export.parity import ParityReport, format_parity
+from quantir.export.runtime import load_runtime
+from quantir.models.apply import run_uint8
+from quantir.quant.api import convert
 from quantir.train.config import TrainConfig
+from quantir.train.loop import fault_point
 from quantir.utils import atomic_write_text
 
-
-def _torch_predictor(model):
-    return lambda img: np.clip(np.round(torch_uint8(model, img)), 0, 255).astype(np.uint8)
+log = logging.getLogger(__name__)
 
 
 def finish_run(cfg: TrainConfig, run_dir: Path, deploy, qmodel, splits, metrics, state: dict,
                command: str | None, progress: bool) -> dict:
-    log = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+    info = cfg.task_info
     export_info, export_error = {}, None
     if cfg.export.enabled and qmodel is not None:
-        from quantir.export.api import ExportOptions, export_artifacts
-
-        log("exporting INT8 TFLite / ONNX artifacts and checking parity ...")
+        log.info("exporting INT8 TFLite / ONNX artifacts and checking parity ...")
+        fault_point("export", 0)  # crash tests: kill -9 here, then --resume must rebuild the same files
         images = []
         if splits.eval is not None:
             n = len(splits.eval) if cfg.export.parity_limit is None else min(cfg.export.parity_limit, len(splits.eval))
             images = [splits.eval[i].input for i in range(n)]
         try:
-            export_info = export_artifacts(qmodel, deploy, run_dir / "export",
-                                           ExportOptions(formats=cfg.export.formats, shape=cfg.export.shape),
-                                           parity_images=images, config=cfg, command=command)
+            export_info = export_artifacts(convert(qmodel), deploy, run_dir / "export", cfg.export,
+                                           parity_images=images, config=cfg, command=command, reference=qmodel)
         except (ValueError, RuntimeError) as err:  # a converter refusal is a result worth reporting
             export_error = " ".join(str(err).split())[:400]
-            log(f"export failed: {export_error}")
+            log.warning("export failed: %s", export_error)
     rows = {}
     if splits.eval is not None and len(splits.eval):
-        border = cfg.sr_scale if cfg.task == "sr" else 0
-        baseline = ("bicubic", bicubic_predictor(cfg.scale)) if cfg.task == "sr" else ("input", identity_predictor())
-        candidates = [baseline, ("FP32 (fused)", _torch_predictor(deploy))]
+        candidates = [(info.baseline_name, info.baseline()), ("FP32 (fused)", partial(run_uint8, deploy))]
         if qmodel is not None:
-            candidates.append(("INT8 fake-quant", _torch_predictor(qmodel)))
-        from quantir.export.runtime import load_runtime
-
-        for fmt, name in (("tflite", "model_int8.tflite"), ("onnx", "model_int8.onnx")):
+            candidates.append(("INT8 fake-quant", partial(run_uint8, qmodel)))
+        for label, name in (("INT8 TFLite", "model_int8.tflite"), ("INT8 ONNX", "model_int8.onnx")):
             path = run_dir / "export" / name
             if path.is_file():
-                candidates.append((f"INT8 {'TFLite' if fmt == 'tflite' else 'ONNX'}", load_runtime(path).run))
+                candidates.append((label, load_runtime(path).run))
         for label, fn in candidates:
-            rows[label] = {k: v for k, v in evaluate(fn, splits.eval, border, progress=progress, desc=label).items()
-                           if k != "per_image"}
-    results = {"eval": rows, "parity": export_info.get("parity", {}), "timings_s": state.get("timings", {}),
+            rows[label] = {k: v for k, v in evaluate(fn, splits.eval, info.border, progress=progress,
+                                                     desc=label).items() if k != "per_image"}
+    parity = export_info.get("parity")
+    results = {"eval": rows, "parity": parity.to_dict() if parity else {}, "timings_s": state.get("timings", {}),
                "export_error": export_error}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     write_report(cfg, run_dir, results, command)
     if rows:
-        log("\n" + format_table(rows, baseline=next(iter(rows))))
-    if results["parity"]:
-        log("\n" + format_parity(results["parity"]))
-    log(f"\nreport: {run_dir / 'report.md'}")
+        log.info("\n%s", format_table(rows, baseline=next(iter(rows))))
+    if parity:
+        log.info("\n%s", format_parity(parity))
+    log.info("\nreport: %s", run_dir / "report.md")
     return results
 
 
 def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | None) -> None:
-    task = f"x{cfg.scale} super-resolution" if cfg.task == "sr" else "photo enhancement (synthetic degradation proxy)" \
-        if cfg.data.layout != "dped" else "photo enhancement (DPED)"
+    info = cfg.task_info
+    task = info.title
+    if not info.is_sr:
+        task += " (DPED)" if cfg.data.layout == "dped" else " (synthetic degradation proxy)"
     lines = [f"# quantir run: {cfg.model}, {task}", ""]
     if command:
         lines += ["```", command, "```", ""]
@@ -79,7 +79,7 @@ def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | 
         where = cfg.data.eval_dir if cfg.data.layout == "folder" else f"{cfg.data.layout} test split"
         lines += [f"## Evaluation photos ({n} images from {where}; never used for training, validation or calibration)",
                   "", "PSNR-RGB: all channels, no border shave (MAI style). PSNR-Y / SSIM-Y: BT.601 luma"
-                  + (f", {cfg.sr_scale}-pixel border shaved." if cfg.task == "sr" else "."), "",
+                  + (f", {info.border}-pixel border shaved." if info.border else "."), "",
                   format_table(rows, baseline=first), ""]
         if "INT8 TFLite" in rows and "INT8 fake-quant" in rows:
             gap = rows["INT8 TFLite"]["psnr_rgb"] - rows["INT8 fake-quant"]["psnr_rgb"]
@@ -87,7 +87,8 @@ def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | 
     if results.get("export_error"):
         lines += ["## Export failed", "", f"The INT8 conversion was refused: `{results['export_error']}`", ""]
     if results["parity"]:
-        lines += ["## Parity of the artifacts with the fake-quant model", "", format_parity(results["parity"]), ""]
+        lines += ["## Parity of the artifacts with the fake-quant model", "",
+                  format_parity(ParityReport.from_dict(results["parity"])), ""]
     if (run_dir / "curves.png").is_file():
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
     t = results.get("timings_s", {})

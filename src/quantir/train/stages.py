@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
+from quantir.data.metrics import psnr
 from quantir.data.patches import Source
-from quantir.evaluate.metrics import psnr
-from quantir.evaluate.tiling import tiled_apply
-from quantir.export.parity import torch_uint8
-from quantir.quant.api import QuantizedModel, prepare_qat, set_phase
+from quantir.data.tiling import tiled_apply
+from quantir.models.apply import run_uint8, to_model_units
+from quantir.quant import checkpoint
+from quantir.quant.api import Phase, QuantizedModel, prepare_qat, set_phase
 from quantir.quant.odm import cooperative_backward, mismatch_loss
-from quantir.train import checkpoint
 from quantir.train.config import StageConfig, TrainConfig
 from quantir.train.data import calibration_batches, patch_loader
+from quantir.train.device import autocast, to_device
 from quantir.train.distributed import DistContext
 from quantir.train.loop import StageSpec
 from quantir.train.losses import reconstruction_loss
@@ -36,9 +38,9 @@ class Context:
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
-
-def _to_model_units(t: torch.Tensor, pixel_max: float) -> torch.Tensor:
-    return t.float() * (pixel_max / 255.0)
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
 
 
 def validate_psnr(model: nn.Module, pairs) -> float:
@@ -47,8 +49,7 @@ def validate_psnr(model: nn.Module, pairs) -> float:
     model.eval()
     scores = []
     for pair in pairs:
-        out = np.clip(np.round(torch_uint8(model, pair.input)), 0, 255).astype(np.uint8)
-        scores.append(psnr(out, pair.target))
+        scores.append(psnr(run_uint8(model, pair.input), pair.target))
     model.train(was_training)
     return float(np.mean(scores))
 
@@ -58,25 +59,29 @@ def _batches(ctx: Context, stage: StageConfig, salt: int, sources=None):
 
     def make(start: int):
         return patch_loader(ctx.cfg, sources or ctx.sources, stage.patch or d.patch, stage.batch or d.batch,
-                            stage.steps, start, salt, rank=ctx.dist.rank, world=ctx.dist.world)
+                            stage.steps, start, salt, rank=ctx.dist.rank, world=ctx.dist.world,
+                            pin_memory=ctx.device.type == "cuda")
 
     return make
 
 
-def _loss_fn(ctx: Context, stage: StageConfig, teacher_model: nn.Module | None = None):
+def _loss_fn(ctx: Context, stage: StageConfig, teacher_model: nn.Module | None = None, amp: bool = False):
+    """Reconstruction loss of a batch on the run's device; ``amp``: bf16 autocast (CUDA only, FP32 stages)."""
     pm = ctx.pixel_max
 
     def compute(model, batch):
-        x = _to_model_units(batch["input"], pm)
-        pred = model(x) / pm
-        target = batch["target"].float() / 255.0
-        teacher = None
-        if teacher_model is not None:
-            with torch.no_grad():
-                teacher = teacher_model(x) / pm
-        elif "teacher" in batch:
-            teacher = batch["teacher"].float() / 255.0
-        return reconstruction_loss(stage.loss, pred, target, teacher)
+        batch = to_device(batch, ctx.device)
+        with autocast(ctx.device, amp):
+            x = to_model_units(batch["input"], pm)
+            pred = model(x) / pm
+            target = batch["target"].float() / 255.0
+            teacher = None
+            if teacher_model is not None:
+                with torch.no_grad():
+                    teacher = teacher_model(x) / pm
+            elif "teacher" in batch:
+                teacher = batch["teacher"].float() / 255.0
+            return reconstruction_loss(stage.loss, pred.float(), target, None if teacher is None else teacher.float())
 
     return compute
 
@@ -84,13 +89,12 @@ def _loss_fn(ctx: Context, stage: StageConfig, teacher_model: nn.Module | None =
 def float_stage(ctx: Context, name: str, model: nn.Module, stage: StageConfig, salt: int,
                 sources=None) -> StageSpec:
     """FP32 training (teacher, stage 1, stage 2)."""
-    if hasattr(model, "clamp_output"):
-        model.clamp_output = False  # the AIO recipe clamps only for QAT and export
+    model.clamp_output = False  # the AIO recipe clamps only for QAT and export
     return StageSpec(
         name=name, cfg=stage, model=model,
         param_groups=[{"params": [p for p in model.parameters() if p.requires_grad]}],
         make_batches=_batches(ctx, stage, salt, sources),
-        compute_loss=_loss_fn(ctx, stage),
+        compute_loss=_loss_fn(ctx, stage, amp=ctx.cfg.amp),
         validate=lambda m: validate_psnr(m, ctx.val),
         record=lambda m: checkpoint.float_record(m),
     )
@@ -112,8 +116,7 @@ def cache_teacher(ctx: Context, teacher: nn.Module) -> list[Source]:
         if path.is_file():
             pred = np.load(path)
         else:
-            pred = tiled_apply(inp, lambda t: np.clip(np.round(torch_uint8(teacher, t)), 0, 255).astype(np.uint8),
-                               scale=ctx.cfg.sr_scale, tile=256, overlap=32)
+            pred = tiled_apply(inp, lambda t: run_uint8(teacher, t), scale=ctx.cfg.sr_scale, tile=256, overlap=32)
             if ctx.dist.is_main:
                 np.save(path, pred)
         out.append(dataclasses.replace(src, teacher=pred[: src.target.shape[0], : src.target.shape[1]]))
@@ -128,12 +131,13 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
     p = stage.patch or ctx.cfg.data.patch
     p -= p % multiple
     example = torch.rand(2, 3, p, p) * ctx.pixel_max
-    qmodel = prepare_qat(deploy, example, qcfg)
+    qmodel = prepare_qat(deploy.cpu(), example, qcfg).to(ctx.device)  # torch.export traces on the CPU
+    deploy.to(ctx.device)
     # Range initialisation on training patches, identical on every rank.
     qmodel.eval()
     with torch.no_grad():
         for x in calibration_batches(ctx.cfg, ctx.sources, cfg.calib_batches, ctx.pixel_max):
-            qmodel(x)
+            qmodel(x.to(ctx.device))
     qmodel.train()
     teacher = deploy.eval()
     for q in teacher.parameters():
@@ -142,10 +146,10 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
 
     def on_step(step: int) -> bool:
         if step == 0:
-            set_phase(qmodel, "learn")
+            set_phase(qmodel, Phase.LEARN)
             return True
         if step == freeze_at:
-            set_phase(qmodel, "freeze_ranges")
+            set_phase(qmodel, Phase.FREEZE_RANGES)
             return True
         return False
 
@@ -170,7 +174,7 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
         else:
             def compute_naive(model, batch, _inner=compute):
                 loss_r, terms = _inner(model, batch)
-                core = model.module if hasattr(model, "module") else model
+                core = model.module if isinstance(model, DistributedDataParallel) else model
                 loss_m = mismatch_loss(core)
                 return loss_r + lam * loss_m, dict(terms, mismatch=float(loss_m.detach()))
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quantir.evaluate.tiling import tile_starts, tiled_apply
+from quantir.data.tiling import tile_starts, tiled_apply
 from tests.conftest import natural_image
 
 

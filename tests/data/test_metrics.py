@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from quantir.evaluate.metrics import image_metrics, psnr, rgb_to_y, shave, ssim
+from quantir.data.metrics import image_metrics, psnr, rgb_to_y, shave, ssim
 from tests.conftest import natural_image
 
 

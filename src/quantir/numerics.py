@@ -1,0 +1,26 @@
+"""The numeric contract every artifact depends on, in one place (torch-free).
+
+Training (fake-quant), conversion, the TFLite/ONNX exporters and the runtimes must agree on
+each of these numbers to the bit; a second spelling of any of them is how parity breaks.
+"""
+
+from __future__ import annotations
+
+INT8_MIN, INT8_MAX = -128, 127
+
+# Smallest scale any quantizer may use. Fake-quant, observers and the integer-exact kernels
+# clamp to it identically, so a degenerate (all-zero) tensor gets the same grid everywhere.
+SCALE_FLOOR = 2**-12
+
+# Model input and output: int8 with zero point -128, so pixel level p in 0..255 is stored as
+# p - 128 (lossless); the scale is pixel_max / 255 (1 for 0..255 models, 1/255 for 0..1 models).
+IO_ZERO_POINT = INT8_MIN
+
+# TFLite's fixed output quantization of its int8 TANH and LOGISTIC kernels: (scale, zero point).
+TANH_QPARAMS = (1.0 / 128.0, 0)
+SIGMOID_QPARAMS = (1.0 / 256.0, INT8_MIN)
+
+
+def io_scale(pixel_max: float) -> float:
+    """int8 scale that maps 0..255 pixel levels losslessly at zero point ``IO_ZERO_POINT``."""
+    return pixel_max / 255.0
