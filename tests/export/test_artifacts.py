@@ -15,7 +15,7 @@ from quantir.export.runtime import load_runtime
 from quantir.models import create_model, reparameterize_model
 from quantir.quant.api import convert, prepare_qat, refresh_weight_qparams, set_phase
 from quantir.quant.config import QuantConfig
-from tests.conftest import ONNX_INT8_EXACT, ONNX_NOT_EXACT_REASON, natural_image
+from tests.conftest import ONNX_INT8_EXACT, ONNX_NOT_EXACT_REASON, UNET_TFLITE_LSB, natural_image
 
 MODELS = {"mobileone_sr": {"channels": 8, "blocks": 2, "branches": 2}, "abpn": {},
           "qatie_unet_int8": {"channels": 8}}
@@ -90,8 +90,10 @@ def test_artifacts_exist_all_int8_and_bit_exact(exported):
     for backend in ("tflite", "onnx"):
         r = parity[backend]
         assert r["io_dtype"] == "int8 -> int8"
-        if backend == "tflite" or ONNX_INT8_EXACT:
+        if backend == "onnx" and ONNX_INT8_EXACT:
             assert r["max_lsb"] == 0, (backend, r)
+        if backend == "tflite":  # SR nets: 0 on every CPU; the U-Net: 0 on VNNI CPUs (see tests/conftest.py)
+            assert r["max_lsb"] <= (0 if qmodel.info.is_sr else UNET_TFLITE_LSB), (backend, r)
     assert parity["tflite"]["all_int8"] and parity["tflite"]["non_int8_ops"] == []
     assert parity["onnx"]["all_int8"]
     io = tg.io_details(tg.read((out / "model_int8.tflite").read_bytes()))

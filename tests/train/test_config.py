@@ -17,9 +17,13 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
 @pytest.mark.parametrize("data,needle", [
     ({"stage1": {"stpes": 3}}, "unknown key stpes in stage1"),
     ({"stage1": {"steps": "many"}}, "stage1.steps: expected an integer"),
-    ({"task": "denoise"}, "task must be sr or enhance"),
+    ({"task": "denoise"}, "task: 'denoise' is not one of ['sr', 'enhance']"),
     ({"data": {"layout": "div2k"}}, "data.root is required"),
-    ({"qat": {"quant": {"act_bits": 1}}}, "bit widths"),
+    ({"data": {"layout": "zip"}}, "data.layout: 'zip' is not one of ['folder', 'div2k', 'dped']"),
+    ({"stage2": {"schedule": "linear"}}, "stage2.schedule: 'linear' is not one of"),
+    ({"qat": {"quant": {"act_bits": 1}}}, "qat.quant.act_bits and weight_bits must be in 2..8"),
+    ({"qat": {"quant": {"odm": {"mismatch_weight": -1}}}}, "qat.quant.odm.mismatch_weight must be >= 0"),
+    ({"export": {"formats": ["tflite", "tf"]}}, "export.formats[1]: 'tf' is not one of ['tflite', 'onnx']"),
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, data, needle):
     p = tmp_path / "c.yaml"
@@ -44,3 +48,14 @@ def test_presets_load():
     assert len(presets) >= 6
     for p in presets:
         C.load(TrainConfig, p)
+
+
+def test_closed_sets_are_checked_in_code_too():
+    """A config built in Python (no from_dict) rejects a value outside its Literal as well."""
+    from quantir.quant.config import ODMConfig
+    from quantir.train.config import StageConfig
+
+    with pytest.raises(ConfigError, match=r"StageConfig.schedule: 'linear' is not one of"):
+        StageConfig(schedule="linear")
+    with pytest.raises(ConfigError, match=r"ODMConfig.granularity"):
+        ODMConfig(granularity="channel")
