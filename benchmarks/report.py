@@ -284,8 +284,15 @@ def write(bench_dir: Path, target: Path, command: str) -> None:
         lines += parity_table(sr, enh)
         for p in plots(sr, speed, plot_dir):
             lines += [f"![{p}](docs/benchmarks/{p})", ""]
+    # Measurements made by other scripts (each names its command) survive a regeneration of the tables.
+    old = target.read_text() if target.is_file() else ""
+    if KEPT_SECTION in old:
+        lines += [old[old.index(KEPT_SECTION):].rstrip()]
     target.write_text("\n".join(lines) + "\n")
     print(f"wrote {target}")
+
+
+KEPT_SECTION = "## Measured outside run_all.py"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ integer reference stays bit-exact with the fake-quant model.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,14 @@ aten = torch.ops.aten
 _qd = torch.ops.quantized_decomposed
 _CONV_DEFAULTS = ([1, 1], [0, 0], [1, 1], 1)
 _FLOAT32_EXACT_TERMS = (2**24) // (255 * 127)  # below this, float32 sums of int8 products stay integers
+
+
+def _no_tf32(t: torch.Tensor):
+    """cuDNN without TF32 for a CUDA tensor (its default rounds inputs to 10 mantissa bits); no-op on the CPU."""
+    if t.is_cuda:
+        return torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
+                                          deterministic=torch.backends.cudnn.deterministic, allow_tf32=False)
+    return contextlib.nullcontext()
 
 
 def _f32(v) -> torch.Tensor:
@@ -72,7 +82,8 @@ class _ExactConv(torch.autograd.Function):
         w_int = torch.round(w / s_w.view(-1, 1, 1, 1))
         if w[0].numel() > _FLOAT32_EXACT_TERMS:  # wide convs: accumulate in float64, still exact
             a_int, w_int = a_int.double(), w_int.double()
-        acc = F.conv2d(a_int, w_int, None, stride, padding, dilation, groups).float()
+        with _no_tf32(a_int):  # TF32 would round the integer products on GPUs: the sums must stay exact
+            acc = F.conv2d(a_int, w_int, None, stride, padding, dilation, groups).float()
         scale = (s_in * s_w).view(1, -1, 1, 1)
         if b is not None:
             acc = acc + torch.round(b.view(1, -1, 1, 1) / scale)
