@@ -27,7 +27,7 @@ def test_builtin_artifacts_are_int8_and_carry_their_recipe(task):
     assert rt.task == task and rt.scale == (3 if task == "sr" else 1)
 
 
-@pytest.mark.parametrize("backend", ["tflite", "onnx"])
+@pytest.mark.parametrize("backend", ["tflite", "onnx", "torch"])
 def test_default_upscale_uses_the_builtin_model(tmp_path, backend):
     src = tmp_path / "photo.jpg"
     Image.fromarray(natural_image(40, 52)).save(src, quality=92)

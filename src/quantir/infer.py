@@ -142,7 +142,7 @@ class Processor:
         multiples of m: every tile sees the bottom/right padding the whole image sees and downsamples
         on the same grid phase (unaligned tiles differed from the whole image by up to 34 levels).
         """
-        m = self.model.multiple
+        m = self.model.info.size_multiple
         h, w = rgb.shape[:2]
         ph, pw = (-h) % m, (-w) % m
         canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
