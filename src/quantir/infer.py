@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, WRITE_FORMATS, Photo, load_photo, output_format,
-                             write_image)
+from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, WRITE_FORMATS, Photo, list_images, load_photo,
+                             output_format, write_image)
 from quantir.data.tiling import tiled_apply
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
@@ -48,12 +48,6 @@ class Job:
     target: Path
 
 
-def _scan(folder: Path) -> list[Path]:
-    """Photos directly in ``folder``, by name; hidden files (other tools' and our own temporaries) are skipped."""
-    return sorted(f for f in folder.iterdir()
-                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in READ_SUFFIXES)
-
-
 def _unique_names(files: list[Path], suffix: str) -> list[str]:
     """One output name per input, never shared: ``stem.ext``, or ``stem_<input ext>.ext`` when several
     inputs share a stem, then a counter if even that is taken (a.jpg, a.png, a_2.png -> a_jpg, a_png, a_2)."""
@@ -79,7 +73,7 @@ def plan_jobs(inputs: list[str], output: str, ext: str | None = None) -> list[Jo
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = _scan(p)
+            found = list_images(p)
             if not found:
                 raise ImageError(f"{p}: no photos in this folder (looked for {', '.join(READ_SUFFIXES)})")
             files += found

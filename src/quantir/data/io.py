@@ -168,7 +168,11 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (never by directory order)."""
+    """Image files directly in ``folder``, sorted by name (never by directory order).
+
+    Hidden files are skipped: other tools' and our own atomic-write temporaries are not photos.
+    """
     folder = Path(folder)
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READ_SUFFIXES),
+    return sorted((p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in READ_SUFFIXES),
                   key=lambda p: p.name)
