@@ -18,6 +18,7 @@ from quantir.export import tflite_graph as tg
 from quantir.export.config import ExportConfig
 from quantir.export.parity import ParityReport, format_parity, parity_report
 from quantir.export.runtime import load_runtime
+from quantir.models.protocol import as_restoration_model
 from quantir.models.stats import count_params, macs_per_pixel
 from quantir.numerics import IO_ZERO_POINT
 from quantir.quant.api import QuantizedModel
@@ -53,6 +54,7 @@ def export_artifacts(converted: QuantizedModel, float_model: torch.nn.Module, ou
     """
     if not converted.converted:
         raise ConfigError("export_artifacts takes the converted model: pass convert(prepared)")
+    float_model = as_restoration_model(float_model, converted.info)  # a user's plain module too
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info, meta = converted.info, artifact_metadata(converted.info, float_model)

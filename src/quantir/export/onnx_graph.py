@@ -16,7 +16,8 @@ bit-exact (tests/export/test_onnx_graph.py). The rewrites, in the order applied:
   by 128 ourselves gives uint8 everywhere (the same values); the int8 graph input and output
   stay int8 through exact float Q/DQ bridges.
 * ``lookup_tables``: int8 tanh/sigmoid are 256-entry tables in TFLite; onnxruntime would run
-  an approximate float tanh between DQ and Q. A Gather from the same table is exact.
+  an approximate float tanh between DQ and Q. A Gather from the same table is exact. LeakyRelu
+  gets the table of XNNPACK's 8-bit-multiplier kernel the same way.
 * ``integer_add``: QLinearAdd rounds half to even on a float scale, XNNPACK's ADD uses 20-bit
   fixed-point multipliers and rounds half up (quant/exact.py); they differ when the two scales
   have a simple ratio. Each add is checked on all 65536 input pairs at export: where onnxruntime's
@@ -32,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quantir.quant.exact import xnnpack_add_multipliers
+from quantir.quant.exact import xnnpack_add_multipliers, xnnpack_leaky_relu_multipliers
 
 
 def make_exact(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -112,11 +113,31 @@ def activations_to_uint8(model: onnx.ModelProto) -> None:
     def u8(zp_name: str) -> str:
         return gr.add_const(zp_name + "_u8", (gr.const[zp_name].astype(np.int16) + 128).astype(np.uint8))
 
+    def feeds_elementwise_only(dq) -> bool:  # a constant operand of Add/Mul, not a conv weight
+        return all(c.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") for c in gr.consumers[dq.output[0]])
+
+    def int8_per_tensor(n) -> bool:
+        zp = gr.const.get(n.input[2]) if len(n.input) > 2 else None
+        return zp is not None and zp.dtype == np.int8 and zp.size == 1
+
+    # Constant operands of elementwise ops (a user model's mean, a number made a tensor) become
+    # uint8 like the activations they meet, so the integer add sees one type; conv weights stay int8.
+    const_q = {n.output[0]: n for n in gr.g.node if n.op_type == "QuantizeLinear" and n.input[0] in gr.const}
+    shifted_q = {name for name, q in const_q.items() if int8_per_tensor(q) and all(
+        feeds_elementwise_only(d) for d in gr.consumers[name] if d.op_type == "DequantizeLinear")}
     replaced = {}
     for n in gr.g.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3 or n.input[0] in gr.const:
-            continue  # weights and int32 biases keep their types
-        if gr.const.get(n.input[2]) is None or gr.const[n.input[2]].dtype != np.int8:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or not int8_per_tensor(n):
+            continue  # weights (per channel) and int32 biases keep their types
+        if n.input[0] in gr.const:  # a folded constant: shift its codes, or leave a weight alone
+            if n.op_type == "DequantizeLinear" and feeds_elementwise_only(n):
+                codes = (gr.const[n.input[0]].astype(np.int16) + 128).astype(np.uint8)
+                n.input[0] = gr.add_const(n.input[0] + "_u8", codes)
+                n.input[2] = u8(n.input[2])
+            elif n.op_type == "QuantizeLinear" and n.output[0] in shifted_q:
+                n.input[2] = u8(n.input[2])
+            continue
+        if n.input[0] in const_q and n.input[0] not in shifted_q:
             continue
         scale, zp = n.input[1], n.input[2]
         if n.op_type == "DequantizeLinear" and n.input[0] == inp:  # int8 input -> float -> uint8 Q/DQ
@@ -149,17 +170,34 @@ def _table(fn, scale_in, zp_in, scale_out, zp_out) -> np.ndarray:
 _TABLE_FNS = {"Tanh": np.tanh, "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x))}
 
 
+def _leaky_relu_table(alpha, scale_in, zp_in, scale_out, zp_out) -> np.ndarray:
+    """XNNPACK's int8 LEAKY_RELU (quant/exact.py exact_leaky_relu) for every input code.
+
+    The kernel's arithmetic does not depend on the codes' offset, so the same formula holds for the
+    uint8 codes this graph uses: acc = q - zp_in; out = (acc * m + (zp_out << 8) + 128) >> 8.
+    """
+    pos, neg = xnnpack_leaky_relu_multipliers(float(scale_in), float(scale_out), float(alpha))
+    info = np.iinfo(zp_in.dtype)
+    acc = np.arange(info.min, info.max + 1, dtype=np.int64) - int(zp_in)
+    out = (acc * np.where(acc >= 0, pos, neg) + (int(zp_out) << 8) + 0x80) >> 8
+    return np.clip(out, np.iinfo(zp_out.dtype).min, np.iinfo(zp_out.dtype).max).astype(zp_out.dtype)
+
+
 def lookup_tables(model: onnx.ModelProto) -> None:
     gr = _Graph(model)
     replaced, dropped = {}, set()
     for n in gr.g.node:
         dq = gr.producer.get(n.input[0])
-        q = gr.single_quantize_user(n) if n.op_type in _TABLE_FNS else None
+        q = gr.single_quantize_user(n) if n.op_type in _TABLE_FNS or n.op_type == "LeakyRelu" else None
         if q is None or not _is_dq(dq):
             continue
         (s_in, z_in), (s_out, z_out) = gr.qparams(dq), gr.qparams(q)
         p = n.name + "_lut"
-        table = gr.add_const(p, _table(_TABLE_FNS[n.op_type], s_in, z_in, s_out, z_out))
+        if n.op_type == "LeakyRelu":
+            alpha = next((a.f for a in n.attribute if a.name == "alpha"), 0.01)
+            table = gr.add_const(p, _leaky_relu_table(np.float32(alpha), s_in, z_in, s_out, z_out))
+        else:
+            table = gr.add_const(p, _table(_TABLE_FNS[n.op_type], s_in, z_in, s_out, z_out))
         offset = gr.add_const(p + "_offset", np.array(-np.iinfo(z_in.dtype).min, np.int32))
         replaced[n.name] = [
             helper.make_node("Cast", [dq.input[0]], [p + "_i32"], to=TensorProto.INT32, name=p + "_cast"),

@@ -42,6 +42,7 @@ from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize  # noqa
 from quantir.quant.observers import RangeObserver  # noqa: E402
 from quantir.quant.odm import enable_mismatch  # noqa: E402
 from quantir.quant.quantizer import FullIntQuantizer, IOQuant  # noqa: E402
+from quantir.quant.support import inspect_model  # noqa: E402
 
 
 class Phase(str, enum.Enum):
@@ -139,6 +140,7 @@ def _export(model: RestorationModel, example: torch.Tensor) -> torch.fx.GraphMod
 def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learnable: bool,
              info: ModelInfo | None) -> QuantizedModel:
     model = as_restoration_model(model, info)
+    model, _ = inspect_model(model, example, allow_float_ops=config.allow_float_ops)  # user models: rewrite, check
     if has_batchnorm(model):
         model = reparameterize_model(model)  # QAT runs on the fused deploy graph (AIO_MAI recipe)
     if has_batchnorm(model):

@@ -57,6 +57,7 @@ class QuantConfig:
     lsq_grad_scaling: bool = True
     weight_clip_percentile: float | None = None
     exact_conv: bool = True  # integer-exact convolutions in fake-quant (see quant/exact.py)
+    allow_float_ops: bool = False  # user models: accept float islands (listed in parity.json) instead of failing
     odm: ODMConfig = ODMConfig()
 
     def __post_init__(self):

@@ -164,8 +164,37 @@ def exact_mul(a, b, s_a, z_a, s_b, z_b, s_out, z_out, flags=()):
     return plain + (y - plain).detach()
 
 
+def xnnpack_leaky_relu_multipliers(s_in: float, s_out: float, slope: float) -> tuple[int, int]:
+    """XNNPACK's qs8 LEAKY_RELU setup: both slopes as integers with 8 fractional bits (float32 maths)."""
+    positive = np.float32(s_in) / np.float32(s_out)
+    negative = positive * np.float32(slope)
+    return int(np.rint(np.float32(256.0) * positive)), int(np.rint(np.float32(256.0) * negative))
+
+
+def exact_leaky_relu(x, slope, s_in, z_in, s_out, z_out, flags=()):
+    """int8 LEAKY_RELU as XNNPACK computes it: (q - z_in) * m + (z_out << 8) + 128, shifted right by 8.
+
+    Its multipliers carry only 8 fractional bits, so a float requantization of leaky_relu(x) is
+    1 level off on about 2 % of outputs (measured); this is the kernel's arithmetic exactly.
+    """
+    plain = F.leaky_relu(x, slope)
+    if _observing(flags):
+        return plain
+    with torch.no_grad():
+        s_o = _scale(s_out)
+        pos, neg = xnnpack_leaky_relu_multipliers(float(_scale(s_in)), float(s_o), float(slope))
+        zi, zo = int(_zp(z_in)), int(_zp(z_out))
+        acc = _grid(x, s_in, z_in) - zi
+        acc = acc * torch.where(acc >= 0, pos, neg) + ((zo << 8) + 0x80)
+        q = torch.clamp(torch.div(acc, 256, rounding_mode="floor"), INT8_MIN, INT8_MAX)
+        y = (q - zo).float() * s_o
+    return plain + (y - plain).detach()
+
+
 _ELEMENTWISE = {aten.add.Tensor: exact_add, aten.mul.Tensor: exact_mul}
-_ORIGINAL = {exact_add: aten.add.Tensor, exact_mul: aten.mul.Tensor}
+_ORIGINAL = {exact_add: aten.add.Tensor, exact_mul: aten.mul.Tensor, exact_leaky_relu: aten.leaky_relu.default}
+_DEFAULT_SLOPE = 0.01  # aten.leaky_relu's default negative_slope
+_LEAKY = {aten.leaky_relu.default, aten.leaky_relu_.default}  # nn.LeakyReLU(inplace=True) exports the second
 
 
 def _module(gm: GraphModule, node: Node):
@@ -232,6 +261,17 @@ def emulate_integer_convs(gm: GraphModule, elementwise: bool = True) -> int:
                         attr(out_q, "scale"), attr(out_q, "zero_point"), flags)
             _swap(gm, node, _ELEMENTWISE[node.target], args)
             count += 1
+        elif elementwise and node.target in _LEAKY:
+            x, slope = node.args[0], node.args[1] if len(node.args) > 1 else _DEFAULT_SLOPE
+            out_q = _output_quantizer(node, is_act_quant)
+            if not (is_act_quant(x) and out_q is not None):
+                continue
+            with gm.graph.inserting_before(node):
+                flags = tuple(attr(n, "observer_enabled") for n in (x, out_q) if isinstance(_module(gm, n), ActFakeQuantize))
+                args = (x, slope, attr(x, "scale"), attr(x, "zero_point"), attr(out_q, "scale"),
+                        attr(out_q, "zero_point"), flags)
+            _swap(gm, node, exact_leaky_relu, args)
+            count += 1
     gm.graph.lint()
     gm.recompile()
     return count
@@ -284,6 +324,12 @@ def emulate_integer_convs_converted(gm: GraphModule, elementwise: bool = True) -
                 continue
             args = (a, b, a.args[1], a.args[2], b.args[1], b.args[2], out_q.args[1], out_q.args[2], ())
             _swap(gm, node, _ELEMENTWISE[node.target], args)
+            count += 1
+        elif elementwise and node.target in _LEAKY:
+            x, slope = node.args[0], node.args[1] if len(node.args) > 1 else _DEFAULT_SLOPE
+            if not (is_dq(x) and out_q is not None):
+                continue
+            _swap(gm, node, exact_leaky_relu, (x, slope, x.args[1], x.args[2], out_q.args[1], out_q.args[2], ()))
             count += 1
     gm.graph.lint()
     gm.recompile()
