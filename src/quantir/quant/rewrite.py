@@ -77,20 +77,22 @@ def source_line(node: Node) -> str:
     return files[-1] if files else ""
 
 
-def export_nchw(model: nn.Module, example: torch.Tensor, multiple: int = 1, lo: int = 4) -> GraphModule:
+def export_nchw(model: nn.Module, example: torch.Tensor, multiple: int = 1, lo: int = 4,
+                dynamic: bool = True) -> GraphModule:
     """``torch.export`` with dynamic batch, height and width (the sizes the artifacts accept).
 
     ``multiple``: H and W are multiples of it (``ModelInfo.size_multiple``, e.g. a U-Net's 2^depth).
+    ``dynamic=False``: the example's size only (enough to list a graph's ops).
     """
     example = example.repeat(2, 1, 1, 1) if example.shape[0] < 2 else example
     if multiple > 1:
         h, w = multiple * Dim("h", min=1, max=16384 // multiple), multiple * Dim("w", min=1, max=16384 // multiple)
     else:
         h, w = Dim("height", min=lo, max=16384), Dim("width", min=lo, max=16384)
-    dims = {0: Dim("batch", min=1, max=4096), 2: h, 3: w}
+    dims = ({0: Dim("batch", min=1, max=4096), 2: h, 3: w},) if dynamic else None
     if not isinstance(model, GraphModule):
         model.eval()
-    gm = torch.export.export(model, (example,), dynamic_shapes=(dims,)).module()
+    gm = torch.export.export(model, (example,), dynamic_shapes=dims).module()
     return GraphModule(gm, gm.graph)  # a plain GraphModule: train()/eval() work, unlike on the exported one
 
 

@@ -126,7 +126,7 @@ def inspect_model(model: RestorationModel, example: torch.Tensor,
     except Exception as err:  # torch.export's own errors are pages long; the first line says what
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         try:  # a graph at the example's size alone still names the ops that are in the way
-            static = GraphModule(*(lambda m: (m, m.graph))(torch.export.export(model.net.eval(), (example,)).module()))
+            static = export_nchw(model.net, example, dynamic=False)
         except Exception:
             static = None
         if static is not None:

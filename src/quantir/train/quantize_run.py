@@ -142,8 +142,7 @@ def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeCon
     torch.manual_seed(config.seed)
     float_model = as_restoration_model(model.eval(), info)
     info = float_model.info
-    p = max(16, 32 - 32 % info.size_multiple)
-    example = torch.rand(2, 3, p, p) * info.pixel_max
+    example = _example(info)
     float_model, problems = inspect_model(float_model, example, allow_float_ops=config.allow_float_ops)
     for prob in problems:
         log.warning("not int8: %s", prob.line())
@@ -212,7 +211,11 @@ def _is_quantir_checkpoint(path: Path) -> bool:
 
 def check_model(model: nn.Module, info: ModelInfo, allow_float_ops: bool = True) -> list:
     """The op report alone (no calibration): ops that will not be int8 kernels; raises on unexportable ones."""
-    float_model = as_restoration_model(model.eval(), info)
-    p = max(16, 32 - 32 % info.size_multiple)
-    _, problems = inspect_model(float_model, torch.rand(2, 3, p, p) * info.pixel_max, allow_float_ops=allow_float_ops)
+    _, problems = inspect_model(as_restoration_model(model.eval(), info), _example(info), allow_float_ops=allow_float_ops)
     return problems
+
+
+def _example(info: ModelInfo) -> torch.Tensor:
+    """A random example input for export: 2x3xPxP, P a multiple of the model's size multiple."""
+    p = max(16, 32 - 32 % info.size_multiple)
+    return torch.rand(2, 3, p, p) * info.pixel_max
