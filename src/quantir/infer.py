@@ -1,22 +1,23 @@
 """Apply a built-in (or given) INT8 model to photo files: what ``quantir upscale`` / ``enhance`` call.
 
-Torch-free with the TFLite and ONNX backends. Large photos run in tiles (memory bounded by a
-row of tiles plus the output image); alpha is carried over (resized for SR), ICC profiles are
-kept, EXIF orientation is applied, grayscale stays grayscale, 16-bit input becomes 8-bit output.
+Torch-free with the TFLite and ONNX backends. Large photos run in tiles; PNG outputs are
+written band by band as the tiles finish (memory bounded by a row of tiles, not by the output).
+Alpha is carried over (resized for SR), ICC profiles are kept, EXIF orientation is applied,
+grayscale stays grayscale, 16-bit input becomes 8-bit output.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, WRITE_FORMATS, Photo, list_images, load_photo,
-                             output_format, write_image)
-from quantir.data.tiling import tiled_apply
+                             output_format, write_image, write_png_bands)
+from quantir.data.tiling import tiled_bands
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
 from quantir.evaluate.predictors import load_model
@@ -128,8 +129,9 @@ class Processor:
         self.model.check(task=task, scale=scale)
         self.scale = self.model.scale
 
-    def run(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """The model over ``rgb`` in tiles that agree with the whole-image run.
+    def bands(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
+              ) -> Iterator[tuple[int, np.ndarray]]:
+        """The model over ``rgb`` in tiles that agree with the whole-image run, as output bands.
 
         For a core that needs sizes divisible by m (the U-Net: 8), the photo is edge-padded to a
         multiple of m once, as the whole-image run pads it, and tiles of a multiple of m are cut at
@@ -140,9 +142,19 @@ class Processor:
         h, w = rgb.shape[:2]
         ph, pw = (-h) % m, (-w) % m
         canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
-        out = tiled_apply(canvas, self.model.run, scale=self.scale, tile=self.tile - self.tile % m,
-                          overlap=OVERLAP[self.model.info.task], on_tile=on_tile)
-        return out[: h * self.scale, : w * self.scale] if ph or pw else out
+        oh, ow = h * self.scale, w * self.scale
+        for row, band in tiled_bands(canvas, self.model.run, scale=self.scale, tile=self.tile - self.tile % m,
+                                     overlap=OVERLAP[self.model.info.task], on_tile=on_tile):
+            if row < oh:
+                yield row, band[: oh - row, :ow]
+
+    def run(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """The whole output image: the stacked :meth:`bands`."""
+        h, w = rgb.shape[:2]
+        out = np.empty((h * self.scale, w * self.scale, 3), np.uint8)
+        for row, band in self.bands(rgb, on_tile):
+            out[row:row + len(band)] = band
+        return out
 
     def process(self, job: Job, overwrite: bool, compare: bool, max_pixels: int,
                 on_tile: Callable[[int, int], None] | None = None) -> Path:
@@ -152,9 +164,15 @@ class Processor:
                 raise OutputError(f"{target}: already exists (use --overwrite)")
             check_writable(target)
         photo: Photo = load_photo(job.source, max_pixels=max_pixels, scale=self.scale)
-        out = self.run(photo.rgb, on_tile)
-        alpha = _resize_alpha(photo.alpha, out.shape[:2]) if photo.alpha is not None else None
+        oh, ow = photo.rgb.shape[0] * self.scale, photo.rgb.shape[1] * self.scale
+        alpha = _resize_alpha(photo.alpha, (oh, ow)) if photo.alpha is not None else None
         gray = photo.source_mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
+        if output_format(job.target) == "PNG" and not compare:
+            # Streamed band by band: memory is bounded by a row of tiles, not by the output image.
+            write_png_bands(job.target, ow, oh, self.bands(photo.rgb, on_tile), alpha=alpha,
+                            icc_profile=photo.icc_profile, grayscale=gray)
+            return job.target
+        out = self.run(photo.rgb, on_tile)
         write_image(job.target, out, alpha=alpha, icc_profile=photo.icc_profile, grayscale=gray)
         if compare:
             write_image(targets[1], compare_image(photo.rgb, out))

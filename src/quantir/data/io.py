@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from quantir.data.png_stream import PNGStreamWriter
 from quantir.errors import ImageError
 from quantir.utils import atomic_path, check_writable
 
@@ -163,6 +166,44 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
     try:
         with atomic_path(path) as tmp:
             im.save(tmp, format=fmt, **params)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
+
+
+def write_png_bands(path: str | Path, width: int, height: int, bands: Iterable[tuple[int, np.ndarray]],
+                    alpha: np.ndarray | None = None, icc_profile: bytes | None = None,
+                    grayscale: bool = False) -> None:
+    """Write a PNG from consecutive ``(row, uint8 RGB band)`` pairs as they come, atomically.
+
+    Only one band is in memory at a time (``alpha``, if given, is the whole HxW plane). The pixels
+    are those :func:`write_image` would store for the stacked bands; ``grayscale`` as there.
+    """
+    path = Path(path)
+    check_writable(path)
+    channels = (1 if grayscale else 3) + (alpha is not None)
+    def pixels(row: int, band: np.ndarray) -> np.ndarray:
+        planes = [np.round(band.astype(np.float32).mean(axis=2)).astype(np.uint8)[..., None]
+                  if grayscale else band]
+        if alpha is not None:
+            planes.append(alpha[row:row + len(band), :, None])
+        return np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0]
+
+    try:
+        # One encoder thread: band k is filtered and deflated (zlib releases the GIL) while the
+        # model computes band k + 1; at most one band waits, so memory stays two bands.
+        with atomic_path(path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(1) as encoder:
+            png = PNGStreamWriter(f, width, height, channels, None if grayscale else icc_profile)
+            pending, expected = None, 0
+            for row, band in bands:
+                if row != expected:
+                    raise ValueError(f"band at row {row}, expected row {expected}")
+                expected += len(band)
+                if pending is not None:
+                    pending.result()
+                pending = encoder.submit(png.write, pixels(row, band))
+            if pending is not None:
+                pending.result()
+            png.close()
     except OSError as err:
         raise ImageError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
 

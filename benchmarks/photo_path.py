@@ -1,0 +1,163 @@
+"""Where the time of ``quantir upscale`` / ``enhance`` goes on big photos, against the model alone.
+
+    python benchmarks/photo_path.py --photo data/samples/train/<a 10+ MP photo> --json runs/photo_path.json
+
+The photo is resized (Pillow LANCZOS) to each requested input size and saved as JPEG. For every
+case, in this one run: (1) the model's own time for those pixels: ``invoke`` of the artifact on one
+pre-quantized tile, repeated, times (photo pixels / tile pixels), no overlap, no I/O; (2) the photo
+path split into decode, inference (every tile's ``run``, overlap included), stitching and encode;
+(3) ``quantir upscale`` / ``enhance`` end to end in a fresh process: wall time and peak RSS (its
+VmHWM). The ratio end-to-end / model is what the photo path costs on top of the model.
+Torch-free (TFLite runtime only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from quantir.data.io import load_photo, write_image, write_png_bands
+from quantir.infer import Processor, builtin_model
+
+# Peak RSS from /proc/self/status VmHWM: ru_maxrss would carry over this (large) parent's peak
+# through fork + exec on Linux.
+RUN_CLI = """
+import re, sys, time
+from pathlib import Path
+from quantir.cli import main
+t = time.perf_counter()
+code = main(sys.argv[1:])
+hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+print(time.perf_counter() - t, hwm_kb, code)
+"""
+
+
+def model_only_seconds(proc: Processor, pixels: int, tile: int, repeats: int = 3) -> float:
+    """The artifact's invoke on a tile x tile input, scaled to ``pixels`` input pixels."""
+    rt = proc.model
+    x = rt.quantize(np.full((1, tile, tile, 3), 128, np.uint8))
+    rt.invoke(x)  # allocate once
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        rt.invoke(x)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * pixels / (tile * tile)
+
+
+def split(proc: Processor, path: Path, out: Path) -> dict:
+    """Decode / inference / stitching / encode of one photo, the way Processor.process runs it."""
+    t0 = time.perf_counter()
+    photo = load_photo(path, scale=proc.scale)
+    decode = time.perf_counter() - t0
+    infer = [0.0]
+    run = proc.model.run
+
+    def timed(tile_img):
+        t = time.perf_counter()
+        y = run(tile_img)
+        infer[0] += time.perf_counter() - t
+        return y
+
+    proc.model.run = timed
+    h, w = photo.rgb.shape[:2]
+    oh, ow = h * proc.scale, w * proc.scale
+    produce = [0.0]
+
+    def bands():
+        it = proc.bands(photo.rgb)
+        while True:
+            t = time.perf_counter()
+            item = next(it, None)
+            produce[0] += time.perf_counter() - t
+            if item is None:
+                return
+            yield item
+
+    t1 = time.perf_counter()
+    if out.suffix == ".png":
+        write_png_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
+    else:
+        held = np.empty((oh, ow, 3), np.uint8)
+        for row, band in bands():
+            held[row:row + len(band)] = band  # JPEG/WEBP/TIFF: Pillow encodes the whole image at once
+        write_image(out, held, icc_profile=photo.icc_profile)
+    total = time.perf_counter() - t1
+    proc.model.run = run
+    return {"decode_s": decode, "inference_s": infer[0], "stitch_s": produce[0] - infer[0],
+            "encode_s": total - produce[0], "path_s": decode + total, "out_mb": out.stat().st_size / 1e6}
+
+
+def end_to_end(cmd: str, src: Path, out: Path, tile: int, threads: int) -> dict:
+    res = subprocess.run([sys.executable, "-c", RUN_CLI, cmd, str(src), "-o", str(out), "--overwrite", "--quiet",
+                          "--tile", str(tile), "--threads", str(threads)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{cmd} failed: {res.stderr.strip().splitlines()[-1]}")
+    wall, rss_kb, _ = res.stdout.split()[-3:]
+    return {"e2e_s": float(wall), "peak_rss_gb": int(rss_kb) / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photo", type=Path, required=True, help="a large photo to resize to each case")
+    ap.add_argument("--cases", nargs="*", default=["sr:1600x1200:png", "sr:4000x3000:png", "sr:4000x3000:jpg",
+                                                    "sr:6000x4000:png", "enhance:4000x3000:png",
+                                                    "enhance:4000x3000:jpg"],
+                    help="task:WxH:ext (none: only the --sweep)")
+    ap.add_argument("--tile", type=int, default=0, help="tile side (0: the CLI's default per task)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pillow", action="store_true",
+                    help="also time Pillow's PNG encoder (level 6) on the same output, for PNG cases")
+    ap.add_argument("--sweep", type=int, nargs="*", default=[],
+                    help="also print the SR model's invoke time per input pixel at these tile sides")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from quantir.cli.infer_cmd import COMMANDS
+
+    rows = []
+    if args.sweep:
+        proc = Processor(builtin_model("sr"), "sr", 3, tile=max(args.sweep), threads=args.threads)
+        for tile in args.sweep:
+            per_px = model_only_seconds(proc, 1, tile, repeats=5)
+            print(json.dumps({"tile": tile, "ns_per_px": round(per_px * 1e9, 1),
+                              "with_32px_overlap": round(per_px * 1e9 * (tile / (tile - 32)) ** 2, 1)}), flush=True)
+    base = Image.open(args.photo).convert("RGB")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for case in args.cases:
+            task, size, ext = case.split(":")
+            w, h = (int(v) for v in size.split("x"))
+            cmd = "upscale" if task == "sr" else "enhance"
+            tile = args.tile or COMMANDS[cmd].tile
+            src = tmp / f"in_{w}x{h}.jpg"
+            if not src.exists():
+                base.resize((w, h), Image.LANCZOS).save(src, quality=95)
+            proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=tile, threads=args.threads)
+            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": tile,
+                   "model_s": model_only_seconds(proc, w * h, tile)}
+            row.update(split(proc, src, tmp / f"split.{ext}"))
+            if args.pillow and ext == "png":
+                out = np.asarray(Image.open(tmp / "split.png"))
+                t = time.perf_counter()
+                Image.fromarray(out).save(tmp / "pillow.png")
+                row.update(pillow_encode_s=time.perf_counter() - t, pillow_mb=(tmp / "pillow.png").stat().st_size / 1e6)
+                del out
+            row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads))
+            row["ratio"] = row["e2e_s"] / row["model_s"]
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""A streaming PNG writer: rows go to the file as they are produced, so a 200 MP output never
+has to exist in memory at once (Pillow's encoder needs the whole image).
+
+Each band of rows is filtered with PNG filter 2 ("Up": the byte difference to the row above,
+one numpy subtraction) and deflated with zlib's Huffman-only strategy: on model outputs the
+filtered bytes are small numbers without long repeats, so LZ77 matching (Pillow's level 6) costs
+most of the time for little gain. ``benchmarks/photo_path.py --pillow`` measures both encoders on
+the same output (BENCHMARKS.md, "Photo path"). Pixels are lossless either way; only the file
+size differs. Torch-free, stdlib + numpy only.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import BinaryIO
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gray+alpha, RGB, RGBA)
+FILTER_UP = 2
+IDAT_BYTES = 1 << 20  # chunk size of the compressed stream; any size is valid PNG
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+class PNGStreamWriter:
+    """Write an 8-bit PNG of known size band by band to an open binary file.
+
+    ``write(rows)`` takes uint8 rows of shape (n, width, channels) or (n, width) for gray;
+    ``close()`` checks that exactly ``height`` rows arrived and writes the end of the file.
+    """
+
+    def __init__(self, file: BinaryIO, width: int, height: int, channels: int = 3,
+                 icc_profile: bytes | None = None, level: int = 6):
+        if channels not in COLOR_TYPES:
+            raise ValueError(f"channels must be one of {sorted(COLOR_TYPES)}, got {channels}")
+        self.file, self.width, self.height, self.channels = file, width, height, channels
+        self.rows_done = 0
+        self._prev: np.ndarray | None = None  # the last row of the previous band (for the Up filter)
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+        self._pending = bytearray()
+        file.write(PNG_SIGNATURE)
+        file.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOR_TYPES[channels], 0, 0, 0)))
+        if icc_profile:
+            file.write(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.ndim == 2:
+            rows = rows[..., None]
+        if rows.dtype != np.uint8 or rows.shape[1:] != (self.width, self.channels):
+            raise ValueError(f"expected uint8 rows of width {self.width} x {self.channels}, "
+                             f"got {rows.dtype} {rows.shape}")
+        if self.rows_done + len(rows) > self.height:
+            raise ValueError(f"more than {self.height} rows written")
+        if not len(rows):
+            return
+        flat = rows.reshape(len(rows), -1)
+        above = np.empty_like(flat)
+        above[0] = self._prev if self._prev is not None else 0
+        above[1:] = flat[:-1]
+        filtered = np.empty((len(flat), flat.shape[1] + 1), np.uint8)
+        filtered[:, 0] = FILTER_UP
+        np.subtract(flat, above, out=filtered[:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+        self._prev = flat[-1].copy()
+        self.rows_done += len(rows)
+        self._emit(self._deflate.compress(filtered.data))
+
+    def _emit(self, data: bytes, final: bool = False) -> None:
+        self._pending += data
+        while len(self._pending) >= IDAT_BYTES or (final and self._pending):
+            self.file.write(_chunk(b"IDAT", bytes(self._pending[:IDAT_BYTES])))
+            del self._pending[:IDAT_BYTES]
+
+    def close(self) -> None:
+        if self.rows_done != self.height:
+            raise ValueError(f"PNG needs {self.height} rows, got {self.rows_done}")
+        self._emit(self._deflate.flush(), final=True)
+        self.file.write(_chunk(b"IEND", b""))

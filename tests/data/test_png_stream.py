@@ -1,0 +1,70 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from quantir.data.io import write_image, write_png_bands
+from quantir.data.png_stream import PNGStreamWriter
+from tests.conftest import natural_image
+
+
+def _stream(rows, channels, bands, icc=None):
+    buf = io.BytesIO()
+    png = PNGStreamWriter(buf, rows.shape[1], rows.shape[0], channels, icc)
+    start = 0
+    for n in bands:
+        png.write(rows[start:start + n])
+        start += n
+    png.close()
+    buf.seek(0)
+    return Image.open(buf)
+
+
+@pytest.mark.parametrize("channels,mode", [(1, "L"), (2, "LA"), (3, "RGB"), (4, "RGBA")])
+def test_streamed_png_decodes_to_the_same_pixels(channels, mode):
+    rng = np.random.default_rng(channels)
+    rows = rng.integers(0, 256, (37, 23, channels), dtype=np.uint8)
+    rows[5:9] = 255  # runs and wrap-around differences in the Up filter
+    im = _stream(rows[..., 0] if channels == 1 else rows, channels, [1, 10, 0, 26])
+    assert im.mode == mode
+    got = np.asarray(im)
+    assert np.array_equal(got, rows[..., 0] if channels == 1 else rows)
+
+
+def test_icc_profile_is_stored():
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = _stream(natural_image(8, 9), 3, [8], icc)
+    assert im.info["icc_profile"] == icc
+
+
+def test_wrong_row_counts_and_shapes_are_refused():
+    png = PNGStreamWriter(io.BytesIO(), 4, 3, 3)
+    with pytest.raises(ValueError, match="width 4"):
+        png.write(np.zeros((1, 5, 3), np.uint8))
+    png.write(np.zeros((2, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="more than 3 rows"):
+        png.write(np.zeros((2, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="needs 3 rows, got 2"):
+        png.close()
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_write_png_bands_equals_write_image(tmp_path, gray):
+    rgb = natural_image(30, 41)
+    alpha = np.linspace(0, 255, 30 * 41).reshape(30, 41).astype(np.uint8)
+    write_image(tmp_path / "whole.png", rgb, alpha=alpha, grayscale=gray)
+    bands = [(0, rgb[:7]), (7, rgb[7:8]), (8, rgb[8:])]
+    write_png_bands(tmp_path / "bands.png", 41, 30, iter(bands), alpha=alpha, grayscale=gray)
+    a, b = Image.open(tmp_path / "whole.png"), Image.open(tmp_path / "bands.png")
+    assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_failing_band_source_leaves_no_file(tmp_path):
+    def bands():
+        yield 0, natural_image(4, 10)
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError):
+        write_png_bands(tmp_path / "x.png", 10, 8, bands())
+    assert list(tmp_path.iterdir()) == []
