@@ -102,3 +102,30 @@ def test_a_quantir_fp32_checkpoint_quantizes_too(photos, tmp_path):
                  "--format", "tflite"]) == 0
     parity = json.loads((out / "parity.json").read_text())
     assert parity["tflite"]["max_lsb"] == 0 and parity["tflite"]["all_int8"]
+
+
+def test_float_islands_need_the_switch_and_are_listed(photos, tmp_path, capsys):
+    """ELU has no int8 kernel: refused for a fully-integer artifact (one line, nothing written);
+    with --allow-float-ops the artifact is written and parity.json names the float ops."""
+    spec = f"{FIXTURES}:with_elu"
+    out = tmp_path / "strict"
+    assert main(["quantize", spec, "--calib", str(photos), "--out", str(out), "--crop", "24"]) != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert any("would run in float" in ln for ln in err) and any(ln.startswith("elu at act") for ln in err)
+    assert not out.exists()
+    out = tmp_path / "islands"
+    assert main(["quantize", spec, "--calib", str(photos), "--out", str(out), "--crop", "24",
+                 "--allow-float-ops"]) == 0
+    tfl = json.loads((out / "parity.json").read_text())["tflite"]
+    assert not tfl["all_int8"] and {"DEQUANTIZE", "EXP", "QUANTIZE"} <= set(tfl["non_int8_ops"])
+    assert tfl["n_images"] > 0 and tfl["psnr_vs_fakequant_db"] > 45  # measured, not assumed exact
+    assert "NO: " in (out / "model_card.md").read_text()
+
+
+def test_model_card_lists_the_rewrites_and_counts_macs(quantized):
+    name, out = quantized
+    card = (out / "model_card.md").read_text()
+    assert "rewritten for the integer path" in card and "depth" in card.lower()
+    macs = next(ln for ln in card.splitlines() if ln.startswith("- MACs per input pixel"))
+    assert not macs.startswith("- MACs per input pixel: 0 ")
+    assert ("scales learned in QAT" in card) == (name == "compact")

@@ -22,6 +22,7 @@ from quantir.models.protocol import as_restoration_model
 from quantir.models.stats import count_params, macs_per_pixel
 from quantir.numerics import IO_ZERO_POINT
 from quantir.quant.api import QuantizedModel
+from quantir.quant.rewrite import RewrittenModel
 from quantir.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,12 @@ def model_card(converted: QuantizedModel, float_model, out: Path, report: Parity
     if info.size_multiple > 1:
         lines.append(f"- height and width must be multiples of {info.size_multiple} (runtimes pad and crop)")
     cfg = converted.config
+    ranges = "scales learned in QAT" if cfg.learn_act_ranges else f"ranges calibrated ({cfg.act_range.value})"
     lines.append(f"- quantization: weights int{cfg.weight_bits} per-{'channel' if cfg.weight_per_channel else 'tensor'} "
-                 f"symmetric, activations int{cfg.act_bits} per-tensor affine, scales learned in QAT and exported as is")
+                 f"symmetric, activations int{cfg.act_bits} per-tensor affine, {ranges} and exported as is")
+    if isinstance(float_model, RewrittenModel) and float_model.rewrites.done:  # a user's network
+        lines.append("- rewritten for the integer path (same function; the FP32 reference is the rewritten graph):")
+        lines += [f"  - {line}" for line in float_model.rewrites.done]
     lines += [f"- note: {n}" for n in notes or []]
     lines.append("")
     lines.append("| file | bytes |")

@@ -20,7 +20,10 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
         k = mod.weight[0].numel()  # in_channels/groups * kh * kw
         total += out.numel() * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:  # a traced graph (a user's rewritten network): its convolutions are ops, not modules
+        return _graph_conv_macs(model, size) / float(size * size)
+    handles = [m.register_forward_hook(hook) for m in convs]
     was_training = model.training
     model.eval()
     try:
@@ -30,3 +33,19 @@ def macs_per_pixel(model: nn.Module, size: int = 64) -> float:
             h.remove()
         model.train(was_training)
     return total / float(size * size)
+
+
+def _graph_conv_macs(model: nn.Module, size: int) -> float:
+    """Convolution MACs of any module, from PyTorch's FLOP counter (2 FLOPs per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, size, size))
+    finally:
+        model.train(was_training)
+    aten = torch.ops.aten
+    convs = (aten.convolution, aten.conv2d, aten._convolution)
+    return sum(v for op, v in counter.get_flop_counts()["Global"].items() if op in convs) / 2

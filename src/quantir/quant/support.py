@@ -137,6 +137,6 @@ def inspect_model(model: RestorationModel, example: torch.Tensor,
     # the rewrites call Python functions; export again to read the ATen ops they become
     problems = op_report(export_nchw(gm, example, model.info.size_multiple) if log.done else gm)
     check_supported(problems, allow_float_ops)
-    if not log.done:
-        return model, problems
+    # Returned as a RewrittenModel even with nothing rewritten: prepare_qat/prepare_ptq then take it
+    # as inspected and do not export and check the network a second time.
     return RewrittenModel(gm, model.info, log, type(model.net).__name__), problems
