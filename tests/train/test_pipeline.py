@@ -129,3 +129,50 @@ def test_ddp_two_processes(make_config, tmp_path):
     # rank 0 alone logs: one row per logging point, no duplicates
     rows = _rows(out)
     assert len(rows) == len(set(rows))
+
+
+@pytest.mark.parametrize("form", ["training", "fused"])
+def test_init_takes_a_plain_state_dict_in_either_form(tmp_path, form):
+    """Weights trained elsewhere: torch.save(model.state_dict()) or safetensors, multi-branch or fused."""
+    import torch
+    from safetensors.torch import save_file
+
+    from quantir import config as config_io
+    from quantir.errors import ConfigError
+    from quantir.models import create_model
+    from quantir.train.config import TrainConfig
+    from quantir.train.pipeline import _init_model
+    from tests.train.conftest import tiny_config
+
+    cfg = config_io.load(TrainConfig, tiny_config(tmp_path))
+    torch.manual_seed(3)
+    src = create_model(cfg.model, deploy=form == "fused", **cfg.model_options)
+    weights = tmp_path / ("w.pt" if form == "training" else "w.safetensors")
+    state = {"params_ema": src.state_dict()} if form == "training" else src.state_dict()
+    if form == "training":
+        torch.save(state, weights)  # BasicSR-style wrapper, read with weights_only
+    else:
+        save_file(state, str(weights))
+    if form == "fused":  # fused weights need the float stages off
+        with pytest.raises(ConfigError, match="disable stage1 and stage2"):
+            _init_model(cfg, str(weights))
+        cfg = config_io.load(TrainConfig, tiny_config(tmp_path, **{"stage1.enabled": False, "stage2.enabled": False}))
+    model, is_deploy = _init_model(cfg, str(weights))
+    assert is_deploy == (form == "fused")
+    x = torch.rand(1, 3, 12, 12) * 255
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), src.eval()(x))
+
+
+def test_init_with_foreign_weights_is_one_line(tmp_path, capsys):
+    import torch
+
+    from tests.train.conftest import tiny_config
+
+    weights = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3)}, weights)
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_config(tmp_path)), "--out", str(out), "--quiet", "--init", str(weights)]) != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "does not fit" in err[0] and "nor its fused form" in err[0]
+    assert not (out / "checkpoints").exists()

@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="YAML preset (e.g. configs/sr_x3_mobileone_quick.yaml); it overrides code defaults")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, export/, report.md)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--init", help="start from this checkpoint (e.g. a fused FP32 model to run QAT directly)")
+    p.add_argument("--init", help="start from this checkpoint, or a plain state_dict (.pt/.pth/.safetensors) of the "
+                   "config's model in training or fused form (fused: QAT directly)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set qat.train.steps=100 (repeatable)")
     p.add_argument("--device", help="auto (CUDA when present, the default) | cpu | cuda | cuda:N; same as --set device=...")

@@ -92,6 +92,26 @@ def save(obj: dict, path: str | Path) -> None:
         raise OutputError(f"{path}: cannot write the checkpoint ({err.strerror or err})") from None
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint ``save`` wrote (a run directory counts: it holds them).
+
+    Reads only the safetensors header; a plain state_dict, a pickle or any other file is False.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if path.suffix.lower() != SUFFIX or not path.is_file():
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return False
+    return meta.get("format") == FORMAT and "quantir" in meta
+
+
 def load(path: str | Path) -> dict:
     """Read a checkpoint written by ``save``; any other file gets a one-line ModelFileError."""
     path = Path(path)

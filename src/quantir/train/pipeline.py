@@ -18,7 +18,7 @@ import torch
 
 from quantir import config as config_io
 from quantir.errors import ConfigError, ModelFileError, TrainingError
-from quantir.models import create_model, model_config, recalibrate_bn, reparameterize_model
+from quantir.models import create_model, external, model_config, recalibrate_bn, reparameterize_model
 from quantir.models.reparam import has_batchnorm
 from quantir.quant import checkpoint
 from quantir.quant.api import Phase, refresh_weight_qparams, set_phase
@@ -83,6 +83,8 @@ def _init_model(cfg: TrainConfig, init: str | None):
                           f"but the config asks for {cfg.task.value} x{cfg.sr_scale}")
     if init is None:
         return model, False
+    if not checkpoint.is_checkpoint(init):
+        return _init_from_state_dict(cfg, model, Path(init))
     record = checkpoint.load(checkpoint.resolve(init))
     if record.get("kind") != "float":
         raise ConfigError(f"--init needs a float checkpoint (stage1/stage2/deploy), got {record.get('kind')!r}")
@@ -93,6 +95,32 @@ def _init_model(cfg: TrainConfig, init: str | None):
     if deploy and (cfg.stage1.enabled or cfg.stage2.enabled):
         raise ConfigError("--init points to a fused (deploy) model: disable stage1 and stage2 to start from QAT")
     return loaded.train(), deploy
+
+
+def _init_from_state_dict(cfg: TrainConfig, model, path: Path):
+    """Weights trained elsewhere: a plain state_dict (.pt/.pth read with weights_only, or .safetensors)
+    of the config's model, in its training (multi-branch) form or its fused deploy form."""
+    try:
+        state = external.load_state_dict(path)
+    except ModelFileError as err:
+        if path.suffix.lower() not in checkpoint.LEGACY_SUFFIXES:
+            raise
+        raise ModelFileError(f"{err}; if it is a quantir 0.1 checkpoint and you trust its source, convert it once: "
+                             f"quantir convert-checkpoint {path} --trust") from None
+    deploy_model = create_model(cfg.model, deploy=True, **cfg.model_options)
+    for candidate, deploy in ((model, False), (deploy_model, True)):
+        own = candidate.state_dict()
+        if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own):
+            candidate.load_state_dict(state)
+            if deploy and (cfg.stage1.enabled or cfg.stage2.enabled):
+                raise ConfigError(f"{path}: fused (deploy) weights; disable stage1 and stage2 to start from QAT "
+                                  "(as configs/sr_x3_mobileone_qat.yaml does)")
+            return candidate.train(), deploy and has_batchnorm(model)
+    try:  # neither form: one line naming what differs from the training form
+        external.load_weights(model, path)
+    except ModelFileError as err:
+        raise ModelFileError(f"{err} (nor its fused form)") from None
+    raise ModelFileError(f"{path}: does not fit {cfg.model}")  # unreachable: load_weights raised
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str | None = None,
