@@ -12,6 +12,8 @@ from quantir.errors import ConfigError
     ("qatie_unet", {"channels": 32}, 915_331), ("qatie_unet", {"channels": 16}, 230_083),
     ("qatie_unet", {"channels": 24}, 515_811), ("qatie_unet", {"channels": 64}, 3_651_331),
     ("abpn", {}, 42_539),
+    ("edsr_baseline", {"scale": 2}, 1_369_859), ("edsr_baseline", {"scale": 3}, 1_554_499),
+    ("edsr_baseline", {}, 1_517_571),  # EDSR-baseline as its paper and the ODM lineage count it
 ])
 def test_parameter_counts(name, kw, expected):
     assert count_params(create_model(name, **kw)) == expected
