@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from quantir.data.io import load_photo, write_image, write_png_bands
+from quantir.data.tiling import stack_bands
 from quantir.infer import Processor, builtin_model
 
 # Peak RSS from /proc/self/status VmHWM: ru_maxrss would carry over this (large) parent's peak
@@ -86,9 +87,7 @@ def split(proc: Processor, path: Path, out: Path) -> dict:
     if out.suffix == ".png":
         write_png_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
     else:
-        held = np.empty((oh, ow, 3), np.uint8)
-        for row, band in bands():
-            held[row:row + len(band)] = band  # JPEG/WEBP/TIFF: Pillow encodes the whole image at once
+        held = stack_bands(bands(), oh)  # JPEG/WEBP/TIFF: Pillow encodes the whole image at once
         write_image(out, held, icc_profile=photo.icc_profile)
     total = time.perf_counter() - t1
     proc.model.run = run

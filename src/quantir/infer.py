@@ -17,7 +17,7 @@ from PIL import Image
 
 from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, WRITE_FORMATS, Photo, list_images, load_photo,
                              output_format, write_image, write_png_bands)
-from quantir.data.tiling import tiled_bands
+from quantir.data.tiling import stack_bands, tiled_bands
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
 from quantir.evaluate.predictors import load_model
@@ -150,11 +150,7 @@ class Processor:
 
     def run(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
         """The whole output image: the stacked :meth:`bands`."""
-        h, w = rgb.shape[:2]
-        out = np.empty((h * self.scale, w * self.scale, 3), np.uint8)
-        for row, band in self.bands(rgb, on_tile):
-            out[row:row + len(band)] = band
-        return out
+        return stack_bands(self.bands(rgb, on_tile), rgb.shape[0] * self.scale)
 
     def process(self, job: Job, overwrite: bool, compare: bool, max_pixels: int,
                 on_tile: Callable[[int, int], None] | None = None) -> Path:

@@ -139,6 +139,11 @@ def output_format(path: str | Path) -> str:
     return fmt
 
 
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    """The stored single channel of a grayscale source: the rounded channel mean."""
+    return np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)
+
+
 def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
                 icc_profile: bytes | None = None, quality: int = 95, grayscale: bool = False) -> None:
     """Write uint8 RGB (+ optional alpha) atomically: a crash never leaves a partial file at ``path``.
@@ -150,7 +155,7 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"{path}: expected uint8 HxWx3 pixels, got {rgb.dtype} {rgb.shape}")
     if grayscale:
-        im = Image.fromarray(np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8), "L")
+        im = Image.fromarray(_gray(rgb), "L")
     else:
         im = Image.fromarray(rgb, "RGB")
     if alpha is not None and fmt in ("PNG", "WEBP", "TIFF"):
@@ -181,9 +186,9 @@ def write_png_bands(path: str | Path, width: int, height: int, bands: Iterable[t
     path = Path(path)
     check_writable(path)
     channels = (1 if grayscale else 3) + (alpha is not None)
+
     def pixels(row: int, band: np.ndarray) -> np.ndarray:
-        planes = [np.round(band.astype(np.float32).mean(axis=2)).astype(np.uint8)[..., None]
-                  if grayscale else band]
+        planes = [_gray(band)[..., None] if grayscale else band]
         if alpha is not None:
             planes.append(alpha[row:row + len(band), :, None])
         return np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0]

@@ -11,7 +11,7 @@ numpy only, so the torch-free inference path can use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -198,12 +198,16 @@ def tiled_apply(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
 
     The bands of :func:`tiled_bands`, stacked (arguments as there).
     """
-    h, w = image.shape[:2]
+    return stack_bands(tiled_bands(image, fn, scale, tile, overlap, margin, on_tile), image.shape[0] * scale)
+
+
+def stack_bands(bands: Iterable[tuple[int, np.ndarray]], height: int) -> np.ndarray:
+    """The image of ``height`` rows that consecutive ``(row, band)`` pairs cover (one band: itself)."""
     out = None
-    for row, band in tiled_bands(image, fn, scale, tile, overlap, margin, on_tile):
+    for row, band in bands:
         if out is None:
-            if row == 0 and band.shape[0] == h * scale:
+            if row == 0 and len(band) == height:
                 return band
-            out = np.empty((h * scale,) + band.shape[1:], dtype=band.dtype)
-        out[row:row + band.shape[0]] = band
+            out = np.empty((height,) + band.shape[1:], dtype=band.dtype)
+        out[row:row + len(band)] = band
     return out

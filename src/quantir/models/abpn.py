@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from quantir.data.task import ModelInfo, Task
-from quantir.models.layers import anchor, conv3x3, depth_to_space
+from quantir.models.layers import ResBlock, anchor, conv3x3, depth_to_space
 from quantir.models.protocol import RestorationModel
 from quantir.models.registry import register_model
 
@@ -58,15 +58,6 @@ class TeacherConfig:
     scale: int = 3
 
 
-class ResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1, self.conv2, self.act = conv3x3(c, c), conv3x3(c, c), nn.ReLU()
-
-    def forward(self, x):
-        return x + 0.2 * self.conv2(self.act(self.conv1(x)))
-
-
 class SRTeacher(RestorationModel):
     """EDSR-style FP32 teacher: residual blocks with 0.2 residual scaling, global skip, anchor."""
 
@@ -76,7 +67,7 @@ class SRTeacher(RestorationModel):
         self.info = ModelInfo(task=Task.SR, scale=cfg.scale, pixel_max=255.0)
         c, s = cfg.channels, cfg.scale
         self.head = conv3x3(3, c)
-        self.body = nn.Sequential(*[ResBlock(c) for _ in range(cfg.res_blocks)], conv3x3(c, c))
+        self.body = nn.Sequential(*[ResBlock(c, res_scale=0.2) for _ in range(cfg.res_blocks)], conv3x3(c, c))
         self.tail = conv3x3(c, 3 * s * s)
         self.clamp_output = True
 

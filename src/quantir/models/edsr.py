@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from quantir.data.task import ModelInfo, Task
-from quantir.models.layers import conv3x3, depth_to_space
+from quantir.models.layers import ResBlock, conv3x3, depth_to_space
 from quantir.models.protocol import RestorationModel
 from quantir.models.registry import register_model
 
@@ -29,15 +29,6 @@ class EDSRConfig:
     channels: int = 64
     res_blocks: int = 16
     scale: int = 4
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1, self.act, self.conv2 = conv3x3(c, c), nn.ReLU(), conv3x3(c, c)
-
-    def forward(self, x):
-        return x + self.conv2(self.act(self.conv1(x)))  # res_scale 1 (the baseline's)
 
 
 class Upsampler(nn.Module):
@@ -63,7 +54,7 @@ class EDSR(RestorationModel):
         c = cfg.channels
         self.register_buffer("neg_mean", -255.0 * torch.tensor(DIV2K_RGB_MEAN).reshape(1, 3, 1, 1))
         self.head = conv3x3(3, c)
-        self.body = nn.Sequential(*[ResBlock(c) for _ in range(cfg.res_blocks)], conv3x3(c, c))
+        self.body = nn.Sequential(*[ResBlock(c) for _ in range(cfg.res_blocks)], conv3x3(c, c))  # res_scale 1
         self.upsample = Upsampler(c, cfg.scale)
         self.tail = conv3x3(c, 3)
         self.clamp_output = True

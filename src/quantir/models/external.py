@@ -89,19 +89,27 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state_dict into ``model`` strictly; a mismatch is one line naming the first keys."""
-    state = load_state_dict(path)
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` does not load strictly into ``model`` (the first keys named), or None if it fits."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
-                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})" if unexpected else "",
-                 f"{len(shapes)} of another shape ({shapes[0]}: {tuple(state[shapes[0]].shape)} vs "
-                 f"{tuple(own[shapes[0]].shape)})" if shapes else ""]
-        raise ModelFileError(f"{path} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
+    if not (missing or unexpected or shapes):
+        return None
+    parts = [f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
+             f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})" if unexpected else "",
+             f"{len(shapes)} of another shape ({shapes[0]}: {tuple(state[shapes[0]].shape)} vs "
+             f"{tuple(own[shapes[0]].shape)})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state_dict into ``model`` strictly; a mismatch is one line naming the first keys."""
+    state = load_state_dict(path)
+    why = state_mismatch(model, state)
+    if why:
+        raise ModelFileError(f"{path} does not fit {type(model).__name__}: {why}")
     model.load_state_dict(state)
     return model
 

@@ -64,6 +64,19 @@ def conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
 
 
+class ResBlock(nn.Module):
+    """EDSR's residual block: x + res_scale * conv3x3(ReLU(conv3x3(x)))."""
+
+    def __init__(self, c: int, res_scale: float = 1.0):
+        super().__init__()
+        self.conv1, self.conv2, self.act = conv3x3(c, c), conv3x3(c, c), nn.ReLU()
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        y = self.conv2(self.act(self.conv1(x)))
+        return x + (y if self.res_scale == 1.0 else self.res_scale * y)  # no MUL in the graph at 1
+
+
 def conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, bias=bias)
 

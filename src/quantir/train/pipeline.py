@@ -109,18 +109,15 @@ def _init_from_state_dict(cfg: TrainConfig, model, path: Path):
                              f"quantir convert-checkpoint {path} --trust") from None
     deploy_model = create_model(cfg.model, deploy=True, **cfg.model_options)
     for candidate, deploy in ((model, False), (deploy_model, True)):
-        own = candidate.state_dict()
-        if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own):
+        if external.state_mismatch(candidate, state) is None:
             candidate.load_state_dict(state)
             if deploy and (cfg.stage1.enabled or cfg.stage2.enabled):
                 raise ConfigError(f"{path}: fused (deploy) weights; disable stage1 and stage2 to start from QAT "
                                   "(as configs/sr_x3_mobileone_qat.yaml does)")
             return candidate.train(), deploy and has_batchnorm(model)
-    try:  # neither form: one line naming what differs from the training form
-        external.load_weights(model, path)
-    except ModelFileError as err:
-        raise ModelFileError(f"{err} (nor its fused form)") from None
-    raise ModelFileError(f"{path}: does not fit {cfg.model}")  # unreachable: load_weights raised
+    # neither form: one line naming what differs from the training form
+    raise ModelFileError(f"{path} does not fit {type(model).__name__}: {external.state_mismatch(model, state)} "
+                         "(nor its fused form)")
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str | None = None,
