@@ -15,20 +15,24 @@ import torch
 
 from common import BenchSettings, eval_artifact, make_config, merge_entry, run_training, standalone
 
+from quantir.evaluate.bench import benchmark
 from quantir.export.config import ExportConfig
 from quantir.export.from_checkpoint import export_checkpoint
 from quantir.train.data import eval_pairs
 from quantir.quant import checkpoint
+from quantir.quant.quantizer import REQUANT_META
 
 STEPS = {
-    # label: model options on top of qatie_unet (paper): the int8 changes accumulate
+    # label: model options on top of qatie_unet (paper, c=16): the int8 changes accumulate
     "paper (InstanceNorm, LeakyReLU, concat, resize)": {},
+    "paper, c=32 (the published width)": {"channels": 32},
     "+ BatchNorm (folded)": {"norm": "batch"},
     "+ ReLU": {"norm": "batch", "act": "relu"},
-    "+ split skip fusions": {"norm": "batch", "act": "relu", "split_fusion": True},
-    "+ depth-to-space upsampling (= qatie_unet_int8)": {"norm": "batch", "act": "relu", "split_fusion": True,
-                                                        "upsample": "d2s", "zero_init_head": True},
+    # Since both nets export nearest x2 as depth-to-space, the old "+ depth-to-space" row is this one.
+    "+ split skip fusions (= qatie_unet_int8)": {"norm": "batch", "act": "relu", "split_fusion": True,
+                                                 "upsample": "d2s"},
 }
+LATENCY_HW = (720, 1280)  # the issue's phone-photo size for the latency column
 VARIANT_SLUGS = [f"v{k}" for k in range(len(STEPS))]
 
 
@@ -42,7 +46,7 @@ def tanh_concat_levels(qat_ckpt: Path) -> int | None:
             frontier = list(node.users)
             while frontier:
                 u = frontier.pop()
-                if u.op == "call_module":
+                if u.op == "call_module" or u.meta.get(REQUANT_META):  # fake quantizers, the requantizing MUL
                     frontier += list(u.users)
                 elif u.op == "call_function" and u.target in (torch.ops.aten.cat.default,):
                     for user in u.users:
@@ -62,7 +66,7 @@ def run(settings: BenchSettings) -> dict:
     slug = dict(zip(STEPS, VARIANT_SLUGS))
     labels = [x for x in labels if settings.variants is None or slug[x] in settings.variants]
     for label in labels:
-        opts = dict(STEPS[label], channels=16)
+        opts = {"channels": 16, **STEPS[label]}
         print(f"[enhance] {label}", flush=True)
         base = {
             "model": "qatie_unet", "model_options": opts,
@@ -84,7 +88,8 @@ def run(settings: BenchSettings) -> dict:
         row = {"input": ev["input"], "FP32": ev["FP32 (fused)"], "INT8 fake-quant (QAT)": ev["INT8 fake-quant"],
                "INT8 TFLite (QAT)": ev.get("INT8 TFLite"), "parity": res["parity"].get("tflite"),
                "export_error": res.get("export_error"),
-               "tanh_concat_levels": tanh_concat_levels(run_dir / "checkpoints" / f"qat_final{checkpoint.SUFFIX}")}
+               "tanh_concat_levels": tanh_concat_levels(run_dir / "checkpoints" / f"qat_final{checkpoint.SUFFIX}"),
+               "channels": opts["channels"]}
         try:
             export_checkpoint(run_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}", run_dir / "ptq",
                               ExportConfig(formats=("tflite",)), ptq="percentile", calib_dir=settings.calib_dir("enhance"))
@@ -94,7 +99,21 @@ def run(settings: BenchSettings) -> dict:
             row["ptq_error"] = " ".join(str(err).split())[:300]
         result["variants"][label] = row
         merge_entry(settings.out / "enhance.json", result, label, STEPS, sections=("variants",))
+    measure_latency(settings, result)
     return result
+
+
+def measure_latency(settings: BenchSettings, result: dict) -> None:
+    """This job's variants' QAT TFLite at LATENCY_HW, interleaved in one run (its timings compare;
+    run_all.py's one-variant jobs time each alone)."""
+    slug = dict(zip(STEPS, VARIANT_SLUGS))
+    files = {label: settings.out / "enhance" / slug[label] / "export" / "model_int8.tflite" for label in result["variants"]}
+    files = {k: v for k, v in files.items() if v.is_file()}
+    rows = benchmark([str(f) for f in files.values()], hw=LATENCY_HW, threads=settings.threads,
+                     runs=5 if settings.quick else 20, warmup=1)
+    for label, row in zip(files, rows):
+        result["variants"][label]["latency"] = row
+        merge_entry(settings.out / "enhance.json", result, label, STEPS, sections=("variants",))
 
 
 if __name__ == "__main__":

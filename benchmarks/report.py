@@ -73,24 +73,33 @@ def odm_table(odm: dict) -> list[str]:
 
 def enhance_table(enh: dict) -> list[str]:
     lines = ["| variant | input | FP32 | PTQ TFLite | QAT fake-quant | QAT TFLite | TFLite all int8 | "
-             "max LSB vs fake-quant | tanh skip levels |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
-    errors = []
+             "max LSB vs fake-quant | tanh skip levels | ms at 720x1280 |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    errors, gaps = [], []
     for label, r in enh["variants"].items():
         par = r.get("parity") or {}
         tfl = r.get("INT8 TFLite (QAT)") or {}
         ptq = r.get("INT8 TFLite (PTQ percentile)") or {}
-        non = par.get("non_int8_ops") or []
+        counts = par.get("float_op_counts") or {}
+        non = [f"{op} x{counts[op]}" if op in counts else op for op in par.get("non_int8_ops") or []]
         int8 = "export refused (1)" if r.get("export_error") else \
-            ("yes" if par.get("all_int8") else "no (" + ", ".join(non[:6]) + ")")
+            ("yes" if par.get("all_int8") else "no: " + ", ".join(non) + " in float")
         if r.get("export_error") and not errors:
             errors.append(f"(1) litert-torch refused the conversion: `{r['export_error'][:300]}`")
+        ms = (r.get("latency") or {}).get("median_ms")
         lines.append(f"| {label} | {_f(r['input']['psnr_rgb'])} | {_f(r['FP32']['psnr_rgb'])} | "
                      f"{_f(ptq.get('psnr_rgb'))} | {_f(r['INT8 fake-quant (QAT)']['psnr_rgb'])} | "
-                     f"{_f(tfl.get('psnr_rgb'))} | {int8} | {par.get('max_lsb', '-')} | {r['tanh_concat_levels']} |")
+                     f"{_f(tfl.get('psnr_rgb'))} | {int8} | {par.get('max_lsb', '-')} | {r['tanh_concat_levels']} | "
+                     f"{_f(ms, 1)} |")
+        if tfl.get("psnr_rgb") is not None and ptq.get("psnr_rgb") is not None and (
+                label.startswith("paper") or "qatie_unet_int8" in label):
+            gaps.append(f"- {label}: QAT - PTQ on the artifact {tfl['psnr_rgb'] - ptq['psnr_rgb']:+.3f} dB; "
+                        f"FP32 -> INT8 (QAT TFLite) {tfl['psnr_rgb'] - r['FP32']['psnr_rgb']:+.3f} dB")
     lines += [""] + errors
     p = enh["paper_dped"]
     lines += ["", f"Paper (DPED, c=32): FP32 {p['FP32']} dB -> INT8 QAT {p['INT8 QAT']} dB (-{p['FP32'] - p['INT8 QAT']:.3f});"
-              f" INT8 PTQ {p['INT8 PTQ']} dB.", ""]
+              f" INT8 PTQ {p['INT8 PTQ']} dB (QAT - PTQ +{p['INT8 QAT'] - p['INT8 PTQ']:.3f}). The same two numbers here:", ""]
+    lines += gaps + [""]
     return lines
 
 
@@ -208,16 +217,10 @@ def misses(sr: dict | None, odm: dict | None, enh: dict | None, quick: bool) -> 
     for label, r in (enh or {}).get("variants", {}).items():
         if r.get("export_error"):
             out.append(f"Enhancement '{label}': no INT8 TFLite (litert-torch refuses its concat of tanh branches "
-                       "with wide features, footnote (1)); this is what qatie_unet_int8 fixes.")
+                       "with wide features, footnote (1)).")
         elif r.get("parity") and r["parity"]["max_lsb"] > 1:
             out.append(f"Enhancement '{label}': TFLite {r['parity']['max_lsb']} LSB from fake-quant "
-                       f"({100 * r['parity']['frac_off']:.1f} % of values differ). Cause: litert-torch bakes "
-                       "the resize output sizes into the graph, so this variant exports only at a fixed 256x256 "
-                       "shape and other photo sizes run padded and in tiles, where the U-Net sees other context "
-                       "than the full-photo fake-quant model (at exactly 256x256 the same kind of net measured "
-                       "1 LSB); at sizes that are not multiples of 8 TFLite's half-pixel nearest resize also "
-                       "picks other source pixels than PyTorch's. The depth-to-space upsampling of the next row "
-                       "exports with dynamic shape and is exact, which is why qatie_unet_int8 uses it.")
+                       f"({100 * r['parity']['frac_off']:.1f} % of values differ; target 1).")
     if quick:
         out.append("Quick mode: 150-step QAT (120 in the ODM ablation; its open-choice rows only with "
                    "--choices) after 700-1500-step FP32 trainings on 29 photos; full mode (`make bench`, a few "

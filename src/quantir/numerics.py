@@ -20,6 +20,10 @@ IO_ZERO_POINT = INT8_MIN
 TANH_QPARAMS = (1.0 / 128.0, 0)
 SIGMOID_QPARAMS = (1.0 / 256.0, INT8_MIN)
 
+# The constant 1 of the MUL that requantizes a concat input onto the concat's scale: stored as
+# q = 1 at scale 1, so the kernel's multiplier is exactly s_in / s_out.
+REQUANT_ONE_QPARAMS = (1.0, 0)
+
 
 def io_scale(pixel_max: float) -> float:
     """int8 scale that maps 0..255 pixel levels losslessly at zero point ``IO_ZERO_POINT``."""

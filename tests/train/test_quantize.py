@@ -119,7 +119,8 @@ def test_float_islands_need_the_switch_and_are_listed(photos, tmp_path, capsys):
     tfl = json.loads((out / "parity.json").read_text())["tflite"]
     assert not tfl["all_int8"] and {"DEQUANTIZE", "EXP", "QUANTIZE"} <= set(tfl["non_int8_ops"])
     assert tfl["n_images"] > 0 and tfl["psnr_vs_fakequant_db"] > 45  # measured, not assumed exact
-    assert "NO: " in (out / "model_card.md").read_text()
+    card = (out / "model_card.md").read_text()
+    assert "no: " in card and "EXP x1" in card and " in float |" in card  # the island, op by op
 
 
 def test_model_card_lists_the_rewrites_and_counts_macs(quantized):

@@ -70,7 +70,8 @@ def export_artifacts(converted: QuantizedModel, float_model: torch.nn.Module, ou
         if files["tflite_int8"]["note"]:
             log.warning("model_int8.tflite has a fixed shape: %s", files["tflite_int8"]["note"])
         ok, bad, io_dtype, ops = tflite_op_check(out / "model_int8.tflite")
-        checks["tflite"] = (ok, bad, io_dtype)
+        float_counts = Counter(r["op"] for r in ops if any(t != "int8" for t in r["inputs"] + r["outputs"]))
+        checks["tflite"] = (ok, bad, io_dtype, float_counts)
         runtimes["tflite"] = load_runtime(out / "model_int8.tflite", threads=options.threads)
     if "onnx" in options.formats:
         io = {"input_scale": info.io_scale, "input_zero_point": IO_ZERO_POINT, "output_scale": info.io_scale,
@@ -120,7 +121,7 @@ def model_card(converted: QuantizedModel, float_model, out: Path, report: Parity
     tfl = out / "model_int8.tflite"
     if tfl.exists():
         ops = Counter(r["op"] for r in tg.op_table(tg.read(tfl.read_bytes())))
-        lines += ["", "TFLite int8 ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))]
+        lines += ["", "TFLite ops (model_int8.tflite): " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))]
     if report:
         lines += ["", "## Parity with the fake-quant model", "", format_parity(report)]
     if command:

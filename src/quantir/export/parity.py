@@ -27,9 +27,18 @@ class BackendParity:
     all_int8: bool
     non_int8_ops: tuple[str, ...]
     io_dtype: str
+    float_op_counts: dict = dataclasses.field(default_factory=dict)  # op -> how many run in float (TFLite)
 
     def to_dict(self) -> dict:
         return dict(dataclasses.asdict(self), non_int8_ops=list(self.non_int8_ops))
+
+    @property
+    def int8_status(self) -> str:
+        """'yes', or which ops are not int8 ('no: MEAN x10, RSQRT x5 in float')."""
+        if self.all_int8:
+            return "yes"
+        counts = self.float_op_counts or {}
+        return "no: " + ", ".join(f"{op} x{counts[op]}" if op in counts else op for op in self.non_int8_ops) + " in float"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +79,15 @@ def compare(artifact_out: list[np.ndarray], fakequant_out: list[np.ndarray], flo
 
 def parity_report(runtimes: dict, fakequant: torch.nn.Module, float_model: torch.nn.Module,
                   images: Sequence[np.ndarray], op_checks: dict) -> ParityReport:
-    """``runtimes``: backend -> Runtime; ``op_checks``: backend -> (all_int8, non_int8_ops, io_dtype)."""
+    """``runtimes``: backend -> Runtime; ``op_checks``: backend -> (all_int8, non_int8_ops, io_dtype[, counts])."""
     fq = [run_levels(fakequant, im) for im in images]
     fl = [run_levels(float_model, im) for im in images]
     backends = {}
     for backend, rt in runtimes.items():
         row = compare([rt.run(im) for im in images], fq, fl)
-        all_int8, non_int8, io_dtype = op_checks[backend]
+        all_int8, non_int8, io_dtype, *counts = op_checks[backend]
         backends[backend] = BackendParity(**row, all_int8=bool(all_int8), non_int8_ops=tuple(non_int8),
-                                          io_dtype=io_dtype)
+                                          io_dtype=io_dtype, float_op_counts=dict(counts[0]) if counts else {})
     return ParityReport(backends, float(np.mean([_capped(np.round(a), b) for a, b in zip(fq, fl)])))
 
 
@@ -88,5 +97,5 @@ def format_parity(report: ParityReport) -> str:
     for backend, r in report.backends.items():
         lines.append(f"| {backend} | {r.max_lsb} | {100 * r.frac_off_by_one:.2f}% | "
                      f"{r.psnr_vs_fakequant_db:.2f} dB | {r.psnr_vs_float_db:.2f} dB | "
-                     f"{'yes' if r.all_int8 else 'NO: ' + ', '.join(r.non_int8_ops)} | {r.io_dtype} |")
+                     f"{r.int8_status} | {r.io_dtype} |")
     return "\n".join(lines)

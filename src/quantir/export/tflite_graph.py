@@ -165,10 +165,21 @@ def make_dynamic_hw(model: fb.ModelT) -> None:
     """
     sg = model.subgraphs[0]
     baked = {"RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "STRIDED_SLICE", "SLICE", "BROADCAST_TO"}
-    left = sorted({op_name(model, op) for op in sg.operators} & baked)
+    left = sorted({op_name(model, op) for op in sg.operators
+                   if op_name(model, op) in baked and not _reshapes_statistics(sg, op, model)})
     if left:
         raise ValueError(f"cannot make H/W dynamic: the graph still has {', '.join(left)}")
     for t in sg.tensors:
-        if _is_constant(model, t) or t.shape is None or len(t.shape) != 4:
+        if _is_constant(model, t) or t.shape is None or len(t.shape) != 4 or _is_statistic(t):
             continue
         t.shapeSignature = np.array([t.shape[0], -1, -1, t.shape[3]], dtype=np.int32)
+
+
+def _is_statistic(t: fb.TensorT) -> bool:
+    """A per-channel vector (an InstanceNorm's mean or variance): no spatial extent at any size."""
+    return t.shape is not None and int(np.count_nonzero(np.asarray(t.shape[1:]) != 1)) <= 1
+
+
+def _reshapes_statistics(sg: fb.SubGraphT, op: fb.OperatorT, model: fb.ModelT) -> bool:
+    """A RESHAPE between layouts of a per-channel vector ([1,1,1,C] <-> [1,C,1,1]) bakes no H or W."""
+    return op_name(model, op) == "RESHAPE" and all(_is_statistic(sg.tensors[i]) for i in (op.inputs[0], op.outputs[0]))

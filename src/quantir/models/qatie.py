@@ -8,15 +8,18 @@ skips), HINet-style refiners with InstanceNorm and LeakyReLU(0.2), nearest-resiz
 ``qatie_unet_int8`` is the same topology changed where int8 breaks it (each change is a config
 field, measured in BENCHMARKS.md):
 
-* ``norm="batch"``: InstanceNorm never runs in int8 (the converter leaves float MEAN/RSQRT
-  islands, and an int8 variance rounds to zero); BatchNorm folds into the conv before QAT.
-* ``act="relu"``: TFLite's int8 LEAKY_RELU rounds differently from fake-quant (5-8 LSB drift
-  over 15 layers in the toolchain probe); ReLU fuses into the conv and is exact.
+* ``norm="batch"``: InstanceNorm exports as a float island (its mean, variance and rsqrt in
+  float between int8 tensors, see quant/quantizer.py); BatchNorm folds into the conv before QAT
+  and leaves no float op.
+* ``act="relu"``: ReLU fuses into the conv (one op fewer per layer). LeakyReLU is exact too since
+  its fake-quant reproduces XNNPACK's int8 LEAKY_RELU (quant/exact.py); before that it drifted
+  5-8 LSB over 15 layers in the toolchain probe.
 * ``split_fusion=True``: ``conv1x1(cat(up, s, x_a, x_b))`` becomes ``sum_i conv1x1_i(input_i)``,
   the same function and parameter count, so the [-1, 1] tanh skips are no longer requantized
   onto the wide decoder range of a shared concat scale (17 and 5 levels in the reference TFLite).
-* ``upsample="d2s"``: nearest x2 as concat + depth-to-space, so the dynamic-shape TFLite has no
-  baked resize sizes; the exported core needs H, W divisible by 8 (runtimes pad and crop).
+* upsampling: the float forward resizes to the skip's size (any input size). On sizes divisible
+  by 8 that is exactly nearest x2, so the exported core of both nets computes it as concat +
+  depth-to-space (dynamic H and W, no baked resize sizes); runtimes pad and crop other sizes.
 * ``zero_init_head=True`` (default for both nets): the net starts as the identity, so the output
   clamp does not kill early gradients. Measured on the paper net (c=16, 300 steps, lr 1e-3): with a
   Kaiming-initialised head the clamp saturates and validation stays at 7-9 dB; zero-initialised,
@@ -46,7 +49,9 @@ class QATIEConfig:
     norm: Literal["instance", "batch", "none"] = "instance"
     act: Literal["leaky", "relu"] = "leaky"  # LeakyReLU(0.2) or ReLU
     split_fusion: bool = False
-    upsample: Literal["resize", "d2s"] = "resize"  # resize (nearest to the skip's size) | d2s (exact x2, sizes % 8 == 0)
+    # Both export nearest x2 as depth-to-space (sizes % 8 == 0); the field names the published
+    # (resize) and the int8 (d2s) variant and keeps older checkpoints' configs loadable.
+    upsample: Literal["resize", "d2s"] = "resize"
     global_residual: bool = True
     zero_init_head: bool = True
 
@@ -123,7 +128,9 @@ class QATIEUNet(RestorationModel):
         super().__init__()
         self.cfg = cfg
         c, n, a = cfg.channels, cfg.norm, cfg.act
-        self.info = ModelInfo(task=Task.ENHANCE, scale=1, pixel_max=1.0, size_multiple=8 if cfg.upsample == "d2s" else 1)
+        # The exported core upsamples with depth-to-space for both variants (see ``_up``), so its
+        # H and W are multiples of 8; runtimes pad and crop any other size.
+        self.info = ModelInfo(task=Task.ENHANCE, scale=1, pixel_max=1.0, size_multiple=8)
         self.down1, self.down2 = DownBlock(3, c), DownBlock(c, 2 * c)
         self.refine_s2, self.refine_s4 = Refiner(c, c, n, a), Refiner(2 * c, 2 * c, n, a)
         self.bottleneck = Refiner(2 * c, 4 * c, n, a)
@@ -151,7 +158,6 @@ class QATIEUNet(RestorationModel):
         return F.interpolate(x, size=like.shape[-2:], mode="nearest")
 
     def core(self, x, exact: bool = False):
-        exact = exact and self.cfg.upsample == "d2s"
         xa1, xg1, xb1 = self.down1(x)
         s2 = self.refine_s2(xg1)
         xa2, xg2, xb2 = self.down2(s2)
@@ -167,8 +173,10 @@ class QATIEUNet(RestorationModel):
         return self.core(x)
 
     def export_module(self) -> nn.Module:
-        """The graph that gets quantized and converted: the core without the pad/crop glue."""
-        return _Core(self) if self.cfg.upsample == "d2s" else self
+        """The graph that gets quantized and converted: the core on sizes divisible by 8, where the
+        paper's nearest resize to the skip's size is exactly x2 and exports as depth-to-space
+        (dynamic H and W, no baked resize sizes)."""
+        return _Core(self)
 
 
 class _Core(nn.Module):

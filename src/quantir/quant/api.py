@@ -14,6 +14,7 @@ fixed: what convert exports).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 from collections.abc import Iterable
 
@@ -149,7 +150,11 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
     model.clamp_output = True
     info = model.info
     act, weight = _specs(config, learnable and config.learn_act_ranges)
-    quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=IO_ZERO_POINT))
+    kept = (None, None)  # KeepLayers: float layers get no quantizer, 8-bit ones the 8-bit specs
+    if config.keep.mode == "8bit":
+        kept = _specs(dataclasses.replace(config, act_bits=8, weight_bits=8), learnable and config.learn_act_ranges)
+    quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=IO_ZERO_POINT),
+                                 keep=config.keep, kept_specs=kept)
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
     if config.exact_conv:
         emulate_integer_convs(graph, elementwise=config.exportable)
@@ -254,7 +259,9 @@ def convert(qmodel: QuantizedModel, example: torch.Tensor | None = None) -> Quan
     the model must already be in the ``freeze`` phase.
     """
     if not qmodel.config.exportable:
-        raise ConfigError(f"only 8-bit models convert (this one is W{qmodel.config.weight_bits}A{qmodel.config.act_bits})")
+        c = qmodel.config
+        why = "layers kept in float (quant.keep.mode: float)" if c.keep.mode == "float" else f"W{c.weight_bits}A{c.act_bits}"
+        raise ConfigError(f"only all-8-bit models convert (this one has {why})")
     if example is not None:
         refresh_weight_qparams(qmodel, example)
     set_phase(qmodel, Phase.FREEZE)

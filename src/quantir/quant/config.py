@@ -36,12 +36,39 @@ class ODMConfig:
         return self.mismatch_weight > 0
 
 
+LayerRole = Literal["head", "tail", "upsampler"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepLayers:
+    """Layers kept off the k-bit grid: the protocol of the ODM lineage (PAMS, DAQ, DDTB, ODM).
+
+    ``mode``: "none" (every layer at k bits), "float" (the chosen layers' weights and outputs are
+    not quantized in simulation: the papers' default) or "8bit" (they run at 8 bits: the papers'
+    "fully quantized" mode). Layers are chosen by ``roles`` found in the graph (head: a conv with
+    no conv before it; tail: one with no conv after it; upsampler: one whose output reaches a
+    depth-to-space) and by ``patterns``, fnmatch patterns on module paths ("upsampler.*") for
+    custom models. At 8 bits everywhere the rule changes nothing (export keeps today's behaviour).
+    """
+
+    mode: Literal["none", "float", "8bit"] = "none"
+    roles: tuple[LayerRole, ...] = ("head", "tail", "upsampler")
+    patterns: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check_choices(self)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none" and bool(self.roles or self.patterns)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """Full-integer quantization: int8 per-channel symmetric weights, int8 per-tensor affine activations.
 
     ``act_bits``/``weight_bits`` below 8 simulate low-bit grids (ODM's 2-4 bit tables); export
-    needs 8. ``act_range`` initialises activation ranges (and is the PTQ calibrator);
+    needs 8 (and no layer kept in float). ``keep`` holds chosen layers at 8 bits or in float. ``act_range`` initialises activation ranges (and is the PTQ calibrator);
     ``learn_act_ranges`` then trains them with LSQ+ gradients. ``weight_clip_percentile`` turns on
     ODM's weight clipping correction (range = percentile of |W| times a learnable gamma).
     ``exact_conv`` makes fake-quant convolutions accumulate like int8 kernels (exact int32 sums,
@@ -59,6 +86,7 @@ class QuantConfig:
     exact_conv: bool = True  # integer-exact convolutions in fake-quant (see quant/exact.py)
     allow_float_ops: bool = False  # user models: accept float islands (listed in parity.json) instead of failing
     odm: ODMConfig = ODMConfig()
+    keep: KeepLayers = KeepLayers()  # low-bit protocol: head/tail/upsampler in float or at 8 bits
 
     def __post_init__(self):
         require(2 <= self.act_bits <= 8 and 2 <= self.weight_bits <= 8, "act_bits and weight_bits must be in 2..8")
@@ -77,4 +105,4 @@ class QuantConfig:
 
     @property
     def exportable(self) -> bool:
-        return self.act_bits == 8 and self.weight_bits == 8
+        return self.act_bits == 8 and self.weight_bits == 8 and self.keep.mode != "float"

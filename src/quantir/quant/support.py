@@ -21,7 +21,8 @@ from torch.fx import GraphModule, Node
 
 from quantir.errors import ConfigError
 from quantir.models.protocol import RestorationModel, WrappedModel
-from quantir.quant.quantizer import BINARY_SHARED, CAT_OPS, COMPUTE_OPS, FIXED_QPARAMS, SHARED_OPS, UNARY_OPS
+from quantir.quant.quantizer import (BINARY_SHARED, CAT_OPS, COMPUTE_OPS, FIXED_QPARAMS, INSTANCE_NORM, SHARED_OPS,
+                                     UNARY_OPS)
 from quantir.quant.rewrite import RewrittenModel, export_nchw, module_path, rewrite_graph, source_line
 
 aten = torch.ops.aten
@@ -90,6 +91,10 @@ def op_report(gm: GraphModule) -> list[OpProblem]:
             # a kept PixelShuffle still exports, as a RESHAPE/TRANSPOSE chain baked to one size
             kind = "fixed_shape" if t is aten.pixel_shuffle.default else "unsupported"
             problems.append(OpProblem(_op_name(t), _where(node), why, fix, kind))
+        elif t is INSTANCE_NORM:
+            problems.append(OpProblem(_op_name(t), _where(node), "int8 on the full tensor, but its per-channel mean "
+                                      "and rsqrt(variance) run in float (quant/quantizer.py)",
+                                      "allow float islands, or use BatchNorm (folded into the conv)", "float_island"))
         elif t in FLOAT_ISLAND_OPS:
             problems.append(OpProblem(_op_name(t), _where(node), "no int8 kernel: runs in float between "
                                       "DEQUANTIZE and QUANTIZE", "allow float islands, or replace the op", "float_island"))

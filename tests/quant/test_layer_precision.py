@@ -1,0 +1,79 @@
+"""KeepLayers (the ODM lineage's protocol): head, tail and upsampler at 8 bits or in float, the body at k bits."""
+
+import pytest
+import torch
+
+from quantir.errors import ConfigError
+from quantir.models import create_model
+from quantir.quant.api import prepare_qat
+from quantir.quant.config import KeepLayers, QuantConfig
+from quantir.quant.exact import exact_conv2d
+from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize
+from quantir.quant.layer_roles import layer_roles, model_path
+from quantir.quant.rewrite import module_path
+
+aten = torch.ops.aten
+
+
+def _conv_bits(q) -> dict[str, tuple]:
+    """module path of each conv -> (weight quant_max or None, output act quant_max or None)."""
+    gm = q.graph_module
+    mod = lambda n: gm.get_submodule(n.target) if n.op == "call_module" else None  # noqa: E731
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in (aten.conv2d.default, exact_conv2d):
+            continue
+        w = mod(n.args[1])
+        users = list(n.users)
+        if len(users) == 1 and users[0].op == "call_function" and users[0].target is aten.relu.default:
+            users = list(users[0].users)  # a fused ReLU carries the conv's output range
+        a = next((mod(u) for u in users if isinstance(mod(u), ActFakeQuantize)), None)  # where it gets quantized
+        path = model_path(n)
+        out[path] = (w.quant_max if isinstance(w, WeightFakeQuantize) else None, a.quant_max if a else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def edsr():
+    torch.manual_seed(0)
+    return create_model("edsr_baseline", channels=8, res_blocks=2, scale=4).eval()  # two upsampler convs
+
+
+def test_roles_of_edsr_found_from_the_graph(edsr):
+    from quantir.quant.rewrite import export_nchw
+
+    gm = export_nchw(edsr, torch.rand(2, 3, 12, 12) * 255)
+    roles = {module_path(n): r for n, r in layer_roles(gm.graph).items()}
+    assert roles["head"] == {"head"} and roles["tail"] == {"tail"}
+    assert roles["upsample.convs.0"] == roles["upsample.convs.1"] == {"upsampler"}
+    body = [p for p in roles if p.startswith("body")]
+    assert len(body) == 5 and all(roles[p] == set() for p in body)  # 2 blocks x 2 convs + the closing conv
+
+
+@pytest.mark.parametrize("mode", ["8bit", "float"])
+def test_head_tail_upsampler_kept_body_at_k_bits(edsr, mode):
+    cfg = QuantConfig(act_bits=4, weight_bits=4, keep=KeepLayers(mode=mode))
+    bits = _conv_bits(prepare_qat(edsr, torch.rand(2, 3, 12, 12) * 255, cfg))
+    # weight quant_max, output quant_max per kept layer. In float mode the head's output is quantized
+    # where the k-bit body reads it, and what follows the tail stays float up to the int8 image output.
+    want = {"8bit": {"head": (127, 127), "upsample.convs.0": (127, 127), "upsample.convs.1": (127, 127),
+                     "tail": (127, 127)},
+            "float": {"head": (None, 7), "upsample.convs.0": (None, None), "upsample.convs.1": (None, None),
+                      "tail": (None, None)}}[mode]
+    for path, got in bits.items():
+        assert got == want.get(path, (7, 7)), (path, got)  # the body: W4A4
+    assert set(bits) >= set(want)
+
+
+def test_patterns_pick_layers_by_module_path(edsr):
+    cfg = QuantConfig(act_bits=3, weight_bits=3, keep=KeepLayers(mode="8bit", roles=(), patterns=("body.0.*",)))
+    bits = _conv_bits(prepare_qat(edsr, torch.rand(2, 3, 12, 12) * 255, cfg))
+    assert {p for p, (w, _) in bits.items() if w == 127} == {"body.0.conv1", "body.0.conv2"}
+    assert all(w == 3 for p, (w, _) in bits.items() if not p.startswith("body.0."))
+
+
+def test_keep_rule_validates_and_float_layers_do_not_export():
+    with pytest.raises(ConfigError, match="roles"):
+        KeepLayers(mode="8bit", roles=("neck",))
+    assert not QuantConfig(keep=KeepLayers(mode="float")).exportable
+    assert QuantConfig(keep=KeepLayers(mode="8bit")).exportable
