@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from quantir.data.tiling import _edge_weights, tile_starts
+from quantir.data.tiling import _edge_weights, tile_plan
 
 
 def tiled_apply(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale: int = 1,
@@ -31,11 +31,7 @@ def tiled_apply(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
     ``on_tile(done, total)`` is called after each tile (progress bars).
     """
     h, w = image.shape[:2]
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
-    if min(th, tw) <= 0 or overlap < 0 or 2 * overlap >= min(th, tw):
-        raise ValueError("need tile > 2 * overlap >= 0")
-    margin = overlap // 3 if margin is None else margin
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    th, tw, margin, ys, xs = tile_plan(h, w, tile, overlap, margin)  # the grid is shared; the stitching is the oracle
     total, done = len(ys) * len(xs), 0
     if total == 1:
         out = fn(image)

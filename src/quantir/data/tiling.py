@@ -96,6 +96,15 @@ def _strips(weights: list[np.ndarray], spans: list[tuple[int, int]], size: int) 
     return ~((nonzero == 1) & one)
 
 
+def tile_plan(h: int, w: int, tile: int | tuple[int, int], overlap: int, margin: int | None):
+    """(tile height, tile width, margin, row starts, column starts) for an h x w image; checks the sizes."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    if min(th, tw) <= 0 or overlap < 0 or 2 * overlap >= min(th, tw):
+        raise ValueError("need tile > 2 * overlap >= 0")
+    margin = overlap // 3 if margin is None else margin
+    return th, tw, margin, tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+
+
 def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale: int = 1,
                 tile: int | tuple[int, int] = 256, overlap: int = 32, margin: int | None = None,
                 on_tile: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -113,11 +122,7 @@ def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
     the same bits as that sum at a fraction of its memory traffic.
     """
     h, w = image.shape[:2]
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
-    if min(th, tw) <= 0 or overlap < 0 or 2 * overlap >= min(th, tw):
-        raise ValueError("need tile > 2 * overlap >= 0")
-    margin = overlap // 3 if margin is None else margin
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    th, tw, margin, ys, xs = tile_plan(h, w, tile, overlap, margin)
     total, done = len(ys) * len(xs), 0
     if total == 1:
         out = fn(image)

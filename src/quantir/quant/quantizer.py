@@ -36,6 +36,7 @@ from torchao.quantization.pt2e.quantizer import (
 from quantir.numerics import INT8_MAX, INT8_MIN, REQUANT_ONE_QPARAMS, SIGMOID_QPARAMS, TANH_QPARAMS
 from quantir.quant.config import KeepLayers
 from quantir.quant.layer_roles import kept_layers
+from quantir.quant.rewrite import add_constant  # rank 4 like the image tensors: a scalar lowers with a RESHAPE
 
 aten = torch.ops.aten
 
@@ -101,15 +102,6 @@ def _needs_requantization(t: Node) -> bool:
         (t.target in SHARED_OPS and t.target not in FUSABLE_ACTIVATIONS)))
 
 
-def _rank4_constant(model: GraphModule, name: str, value: float, before: Node) -> Node:
-    """A 1x1x1x1 constant like the image tensors (a scalar operand lowers with a baked RESHAPE)."""
-    model.register_buffer(name, torch.full((1, 1, 1, 1), float(value)))
-    with model.graph.inserting_before(before):
-        node = model.graph.get_attr(name)
-    node.meta["val"] = model.get_buffer(name)
-    return node
-
-
 def _requantize_cat_inputs(model: GraphModule) -> int:
     """Put a requantizing int8 MUL by a constant 1 in front of every concat input that needs one.
 
@@ -131,7 +123,7 @@ def _requantize_cat_inputs(model: GraphModule) -> int:
             if not (_is_tensor_node(t) and _needs_requantization(t)):
                 continue
             count += 1
-            one = _rank4_constant(model, f"_quantir_requant_one_{count}", 1.0, n)
+            one = add_constant(model, f"_quantir_requant_one_{count}", 1.0, n)
             with model.graph.inserting_before(n):
                 mul = model.graph.call_function(aten.mul.Tensor, (t, one))
             mul.meta = {**t.meta, REQUANT_META: True}
@@ -172,8 +164,8 @@ def _decompose_instance_norms(model: GraphModule) -> int:
                 node.meta[ISLAND_META] = True
             return node
 
-        minus_one = _rank4_constant(model, f"_quantir_norm_minus_one_{count}", -1.0, n)
-        eps_node = _rank4_constant(model, f"_quantir_norm_eps_{count}", eps, n)
+        minus_one = add_constant(model, f"_quantir_norm_minus_one_{count}", -1.0, n)
+        eps_node = add_constant(model, f"_quantir_norm_eps_{count}", eps, n)
         def spatial_mean(t):  # over W, then H: shorter float sums, so runtimes disagree less often
             return op(aten.mean.dim, op(aten.mean.dim, t, [3], True), [2], True)
 

@@ -100,6 +100,15 @@ def _is_number(a) -> bool:
     return isinstance(a, numbers.Number) and not isinstance(a, bool)
 
 
+def add_constant(gm: GraphModule, name: str, value: float, before: Node, rank: int = 4) -> Node:
+    """A float32 constant buffer of shape 1x...x1 (``rank`` dims) read by a get_attr node before ``before``."""
+    gm.register_buffer(name, torch.full((1,) * rank, float(value), dtype=torch.float32))
+    with gm.graph.inserting_before(before):
+        node = gm.graph.get_attr(name)
+    node.meta["val"] = gm.get_buffer(name)
+    return node
+
+
 class _Rewriter:
     def __init__(self, gm: GraphModule):
         self.gm, self.graph, self.log, self._n = gm, gm.graph, RewriteLog(), 0
@@ -111,12 +120,7 @@ class _Rewriter:
         NCHW between TRANSPOSEs (and the depth-to-space chain is no longer recognised).
         """
         self._n += 1
-        name = f"_quantir_const_{self._n}"
-        self.gm.register_buffer(name, torch.full((1,) * rank, float(value), dtype=torch.float32))
-        with self.graph.inserting_before(like):
-            node = self.graph.get_attr(name)
-        node.meta["val"] = self.gm.get_buffer(name)
-        return node
+        return add_constant(self.gm, f"_quantir_const_{self._n}", value, like, rank)
 
     def replace(self, node: Node, target, args: tuple, what: str) -> Node:
         with self.graph.inserting_after(node):
