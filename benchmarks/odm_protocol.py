@@ -1,19 +1,26 @@
 """The ODM lineage's protocol against "fully k-bit" QAT (issue 17): which layers stay off the grid.
 
-From one FP32 deploy checkpoint, QAT at WkAk in three layouts: every layer at k bits (the layout
-of BENCHMARKS.md table 2), head/tail/upsampler in float (PAMS/DAQ/DDTB/ODM's default) and at
-8 bits (their "fully quantized" mode), each with table 2's rows (a) baseline and (e) ODM.
-Fake-quant PSNR-RGB on the evaluation photos, next to bicubic and FP32; Y-PSNR with shave = scale.
+From one FP32 deploy checkpoint, QAT at WkAk in up to three layouts: every layer at k bits (the
+layout of BENCHMARKS.md table 2), head/tail/upsampler in float (PAMS/DAQ/DDTB/ODM's default) and
+at 8 bits (their "fully quantized" mode), each with table 2's rows (a)-(e) and several seeds.
+Fake-quant PSNR-RGB on the evaluation photos (mean +- std over seeds), Y-PSNR with shave = scale,
+next to bicubic and FP32; a verdict per ordering of the paper (reproduced / within noise / not
+reproduced: the mean difference against twice its standard error); the validation curves of
+every run in one plot.
 
-    python benchmarks/odm_protocol.py --init RUN/checkpoints/deploy_fp32.safetensors --bits 2 4 --out runs/odm_protocol
+    python benchmarks/odm_protocol.py --init RUN/checkpoints/deploy_fp32.safetensors --bits 2 4 \
+        --layouts 8bit --seeds 3 --out runs/odm_protocol
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common import BenchSettings, make_config, run_training
@@ -21,40 +28,123 @@ from odm_ablation import VARIANTS, _qat_base
 
 from quantir.quant import checkpoint
 
-LAYOUTS = {"fully k-bit": {}, "paper: head/tail/upsampler float": {"keep": {"mode": "float"}},
-           "paper: head/tail/upsampler 8-bit": {"keep": {"mode": "8bit"}}}
-ROWS = ("(a) baseline", "(e) WCC + cooperative MR (ODM)")
+LAYOUTS = {"full": ("fully k-bit", {}),
+           "float": ("paper: head/tail/upsampler float", {"keep": {"mode": "float"}}),
+           "8bit": ("paper: head/tail/upsampler 8-bit", {"keep": {"mode": "8bit"}})}
+ORDERINGS = {"WCC helps: (c) > (a)": ("c", "a"), "cooperative MR helps: (b) > (a)": ("b", "a"),
+             "cooperative beats naive: (e) > (d)": ("e", "d"), "ODM beats baseline: (e) > (a)": ("e", "a")}
+
+
+def verdict(x: list[float], y: list[float]) -> str:
+    """'reproduced' when mean(x) - mean(y) exceeds twice its standard error, 'not reproduced' when
+    it is below minus that, else 'within noise' (one seed: the sign alone, marked)."""
+    d = float(np.mean(x) - np.mean(y))
+    if len(x) < 2 or len(y) < 2:
+        return ("reproduced" if d > 0 else "not reproduced") + " (1 seed, no error bar)"
+    se = math.sqrt(np.var(x, ddof=1) / len(x) + np.var(y, ddof=1) / len(y))
+    if d > 2 * se:
+        return f"reproduced ({d:+.3f} dB, 2 SE {2 * se:.3f})"
+    if d < -2 * se:
+        return f"not reproduced ({d:+.3f} dB, 2 SE {2 * se:.3f})"
+    return f"within noise ({d:+.3f} dB, 2 SE {2 * se:.3f})"
+
+
+def val_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """(step, validation PSNR) of the QAT stage from the run's metrics.csv."""
+    steps, psnr = [], []
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return steps, psnr
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("stage") == "qat" and row.get("val_psnr"):
+                steps.append(int(row["step"]))
+                psnr.append(float(row["val_psnr"]))
+    return steps, psnr
+
+
+def plot_curves(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({k.rsplit(" | ", 1)[0] for k in curves})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for key, (steps, psnr) in curves.items():
+            if key.startswith(group + " | ") and steps:
+                row = key.rsplit(" | ", 1)[1]
+                ax.plot(steps, psnr, label=row, color=f"C{'abcde'.index(row[1])}", alpha=0.7)
+        ax.set_title(group, fontsize=9)
+        ax.set_xlabel("QAT step")
+        ax.set_ylabel("validation PSNR (dB)")
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--init", required=True, help="FP32 deploy checkpoint (quantir train's deploy_fp32)")
     ap.add_argument("--bits", type=int, nargs="+", default=[2])
+    ap.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=["8bit"])
+    ap.add_argument("--rows", nargs="+", choices=list("abcde"), default=list("abcde"), help="table 2's rows")
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--out", default="runs/odm_protocol")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rows", nargs="+", choices=["a", "e"], default=["a", "e"], help="table 2's rows to run")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     record = checkpoint.load(a.init)
     spec = {"model": record["model_name"]}
     options = {k: v for k, v in record["model_cfg"].items() if k != "deploy"}
     settings = BenchSettings(Path(a.out), quick=True, threads=a.threads)
-    results = {}
-    print("| bits | layout | row | PSNR-RGB | PSNR-Y | bicubic | FP32 |\n|---|---|---|---:|---:|---:|---:|")
+    rows = {r[1]: r for r in VARIANTS if r[1] in a.rows}
+    results, curves, ref = {}, {}, {}
     for bits in a.bits:
-        for layout, keep in LAYOUTS.items():
-            for row in (r for r in ROWS if r[1] in a.rows):
-                base = _qat_base(spec, dict(VARIANTS[row], **keep), bits, a.steps, patch=32)
-                base["model_options"] = options
-                slug = f"w{bits}/{list(LAYOUTS).index(layout)}_{row[1]}"
-                ev = run_training(make_config(settings, "sr", base), settings.out / slug, init=a.init)["eval"]
-                fq, bic, fp = ev["INT8 fake-quant"], ev["bicubic"], ev["FP32 (fused)"]
-                results[f"W{bits}A{bits} | {layout} | {row}"] = {"psnr_rgb": fq["psnr_rgb"], "psnr_y": fq["psnr_y"],
-                                                                 "bicubic": bic["psnr_rgb"], "fp32": fp["psnr_rgb"]}
-                print(f"| W{bits}A{bits} | {layout} | {row} | {fq['psnr_rgb']:.3f} | {fq['psnr_y']:.3f} | "
-                      f"{bic['psnr_rgb']:.3f} | {fp['psnr_rgb']:.3f} |", flush=True)
-    (settings.out / "odm_protocol.json").write_text(json.dumps(results, indent=2) + "\n")
+        for layout in a.layouts:
+            name, keep = LAYOUTS[layout]
+            group = f"W{bits}A{bits} | {name}"
+            for letter, row in rows.items():
+                per_seed = []
+                for seed in range(a.seeds):
+                    base = _qat_base(spec, dict(VARIANTS[row], **keep), bits, a.steps, patch=32)
+                    base["model_options"] = options
+                    base["seed"] = seed
+                    run_dir = settings.out / f"w{bits}" / layout / f"{letter}_s{seed}"
+                    print(f"[odm-protocol] {group} {row} seed {seed}", flush=True)
+                    ev = run_training(make_config(settings, "sr", base), run_dir, init=a.init)["eval"]
+                    per_seed.append(ev["INT8 fake-quant"])
+                    ref = {"bicubic": ev["bicubic"], "FP32": ev["FP32 (fused)"]}
+                    curves[f"{group} | {row} s{seed}"] = val_curve(run_dir)
+                results[f"{group} | {row}"] = {
+                    m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y")}
+    verdicts = {}
+    for key in {k.rsplit(" | ", 1)[0] for k in results}:
+        got = {r[1]: results[f"{key} | {r}"]["psnr_rgb"] for r in rows.values() if f"{key} | {r}" in results}
+        verdicts[key] = {o: verdict(got[x], got[y]) for o, (x, y) in ORDERINGS.items() if x in got and y in got}
+    out = {"init": a.init, "steps": a.steps, "seeds": a.seeds, "reference": ref, "results": results,
+           "verdicts": verdicts}
+    (settings.out / "odm_protocol.json").write_text(json.dumps(out, indent=2) + "\n")
+    plot_curves(curves, settings.out / "odm_protocol_curves.png")
+    bic, fp = ref["bicubic"], ref["FP32"]
+    print(f"\nbicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, FP32 {fp['psnr_rgb']:.3f} / {fp['psnr_y']:.3f} dB"
+          f" (RGB / Y, shave = scale); {a.seeds} seeds x {a.steps} QAT steps")
+    print("| bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) |\n"
+          "|---|---|---|---:|---:|---:|")
+    for key, r in results.items():
+        bits, layout, row = key.split(" | ")
+        rgb, y = np.array(r["psnr_rgb"]), np.array(r["psnr_y"])
+        sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        print(f"| {bits} | {layout} | {row} | {rgb.mean():.3f} +- {sd(rgb):.3f} | {y.mean():.3f} +- {sd(y):.3f} | "
+              f"{rgb.mean() - bic['psnr_rgb']:+.3f} |")
+    for key, vs in sorted(verdicts.items()):
+        for o, v in vs.items():
+            print(f"- {key}: {o}: {v}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quantir.data.tiling import tile_starts, tiled_apply
+from quantir.data.tiling import fit_tile, tile_plan, tile_starts, tiled_apply
 from tests.conftest import natural_image
 
 
@@ -38,14 +38,39 @@ def test_uint8_outputs_and_rectangular_tiles():
     assert out.dtype == np.uint8 and np.array_equal(out, img)
 
 
-def test_tile_starts_cover_and_end_aligned():
-    starts = tile_starts(300, 128, 32)
-    assert starts[0] == 0 and starts[-1] == 300 - 128 and all(b - a <= 96 for a, b in zip(starts, starts[1:]))
+@pytest.mark.parametrize("size,tile,overlap,align", [(300, 128, 32, 1), (4000, 256, 32, 1), (1000, 512, 48, 8),
+                                                      (5000, 512, 48, 8), (257, 256, 32, 1), (777, 64, 31, 1)])
+def test_tile_starts_cover_evenly_with_the_fewest_tiles(size, tile, overlap, align):
+    starts = tile_starts(size, tile, overlap, align)
+    gaps = np.diff(starts)
+    assert starts[0] == 0 and starts[-1] == size - tile and all(s % align == 0 for s in starts)
+    assert gaps.max() <= tile - overlap  # every overlap at least the nominal one
+    assert gaps.max() - gaps.min() <= align  # the slack spread evenly, not dumped on the last tile
+    assert len(starts) == 1 + -(-(size - tile) // ((tile - overlap) // align * align))  # no tile more than needed
+
+
+@pytest.mark.parametrize("size,tile,overlap,align", [(4000, 512, 32, 1), (3000, 512, 32, 1), (1000, 512, 48, 8),
+                                                      (5000, 256, 48, 8), (513, 512, 32, 1), (300, 128, 32, 1)])
+def test_fitted_tiles_are_smallest_with_the_same_count(size, tile, overlap, align):
+    fitted = fit_tile(size, tile, overlap, align)
+    n = len(tile_starts(size, tile, overlap, align))
+    assert fitted <= tile and fitted % align == 0 and fitted > 2 * overlap
+    assert len(tile_starts(size, fitted, overlap, align)) == n  # no more tiles than the bound needs
+    if fitted - align > 2 * overlap:  # one step smaller would need another tile
+        assert len(tile_starts(size, fitted - align, overlap, align)) > n
+    th, tw = tile_plan(size, size, tile, overlap, None, align)[:2]
+    assert th == tw == fitted
+
+
+def test_tile_starts_refuse_a_misaligned_size():
+    with pytest.raises(ValueError, match="align"):
+        tile_starts(1001, 512, 48, 8)
 
 
 @pytest.mark.parametrize("h,w,tile,overlap,margin,scale", [
     (150, 211, 64, 16, None, 3), (301, 97, (72, 40), 12, 5, 2), (200, 200, 104, 48, None, 1),
-    (513, 777, 256, 32, None, 3), (90, 300, 40, 8, 0, 1), (64, 64, 64, 16, None, 3), (65, 130, 64, 31, None, 2)])
+    (513, 777, 256, 32, None, 3), (90, 300, 40, 8, 0, 1), (64, 64, 64, 16, None, 3), (65, 130, 64, 31, None, 2),
+    (513, 777, 256, 32, 16, 3), (301, 97, (72, 40), 13, 6, 2)])  # the last two: hard cuts (margin = overlap / 2)
 def test_fast_stitching_is_the_full_weighted_sum_to_the_bit(h, w, tile, overlap, margin, scale):
     """Copying the weight-one cores and blending only the strips gives the bits of the full-image
     float32 weighted sum (the previous implementation, kept in _reference_tiling.py)."""
@@ -68,3 +93,22 @@ def test_fast_stitching_is_the_full_weighted_sum_to_the_bit(h, w, tile, overlap,
     f32 = lambda t: np.repeat(np.repeat(t, scale, 0), scale, 1).astype(np.float32) * 0.37  # noqa: E731
     assert np.array_equal(tiled_apply(img, f32, scale, tile, overlap, margin),
                           reference(img, f32, scale, tile, overlap, margin))
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_hard_cut_copies_each_pixel_from_one_tile(scale):
+    """margin = overlap / 2: every output pixel comes from exactly one tile (no blended value), the
+    tile whose core holds it, so a tile-dependent fn shows which tile wrote each pixel."""
+    img = natural_image(150, 211, seed=3)
+    tiles = []
+
+    def fn(t):
+        tiles.append(len(tiles))
+        return np.full((t.shape[0] * scale, t.shape[1] * scale, 1), len(tiles), np.uint8)
+
+    out = tiled_apply(img, fn, scale=scale, tile=64, overlap=16, margin=8)[..., 0]
+    assert set(np.unique(out)) == set(range(1, len(tiles) + 1))  # no value between two tiles' ids
+    # and a conv net whose receptive field fits in half the overlap is reproduced (up to the
+    # float rounding of convolutions of another size: no blending adds any)
+    net = _conv_net(scale)
+    assert np.abs(tiled_apply(img, net, scale=scale, tile=64, overlap=16, margin=8) - net(img)).max() < 1e-5

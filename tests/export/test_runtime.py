@@ -18,3 +18,15 @@ def test_lookup_tables_equal_the_float_formulas_on_every_value(task, backend):
     assert np.array_equal(rt.dequantize(y), _dequantize(y, rt.pixel_max, rt.out_scale, rt.out_zp))
     float_out = np.linspace(-0.2, 1.2, 300, dtype=np.float32).reshape(1, 300, 1)
     assert np.array_equal(rt.dequantize(float_out), _dequantize(float_out, rt.pixel_max, rt.out_scale, rt.out_zp))
+
+
+def test_lookup_takes_the_top_bit_flip_shortcut_only_for_that_table():
+    from quantir.export.runtime import _lookup
+
+    codes = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)[:, ::2]  # non-contiguous
+    flip = (np.arange(256, dtype=np.uint8) ^ 0x80).view(np.int8)
+    other = np.random.default_rng(1).integers(-128, 128, 256).astype(np.int8)
+    identity = np.arange(256, dtype=np.uint8)
+    for table in (flip, other, identity, np.linspace(0, 1, 256, dtype=np.float32)):
+        got = _lookup(table, codes)
+        assert got.dtype == table.dtype and np.array_equal(got, table[codes])

@@ -77,3 +77,43 @@ def test_keep_rule_validates_and_float_layers_do_not_export():
         KeepLayers(mode="8bit", roles=("neck",))
     assert not QuantConfig(keep=KeepLayers(mode="float")).exportable
     assert QuantConfig(keep=KeepLayers(mode="8bit")).exportable
+
+
+def _input_bits(q) -> dict[str, int | None]:
+    """module path of each conv -> quant_max of the fake quantizer its input passes last (None: float)."""
+    gm = q.graph_module
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in (aten.conv2d.default, exact_conv2d):
+            src = n.args[0]
+            fq = gm.get_submodule(src.target) if src.op == "call_module" else None
+            out[model_path(n)] = fq.quant_max if isinstance(fq, ActFakeQuantize) else None
+    return out
+
+
+@pytest.mark.parametrize("mode", ["8bit", "float"])
+def test_kept_layers_read_kept_precision_and_the_body_reads_k_bits(edsr, mode):
+    # The ODM lineage quantizes the input of every body conv to k bits (the first one's, after the
+    # kept head, included) and feeds the tail/upsampler at their own precision (float or 8 bits).
+    cfg = QuantConfig(act_bits=3, weight_bits=3, keep=KeepLayers(mode=mode))
+    bits = _input_bits(prepare_qat(edsr, torch.rand(2, 3, 12, 12) * 255, cfg))
+    kept = 127 if mode == "8bit" else None
+    assert bits["upsample.convs.0"] == kept  # reads the global skip's sum
+    assert bits["body.0.conv1"] == 3 and all(v == 3 for p, v in bits.items() if p.startswith("body"))
+
+
+def test_a_float_head_with_its_relu_stays_float_on_the_global_skip():
+    # The stem's fused ReLU was once re-annotated at k bits after the stem was kept in float, so the
+    # global skip carried a k-bit head output (W2A2: 28.4 dB from the FP32 model where 8-bit kept
+    # layers gave 38.5). Float head: only the body's input edge is quantized (k bits).
+    torch.manual_seed(0)
+    net = create_model("mobileone_sr", channels=8, blocks=2, stem_act=True).eval()
+    q = prepare_qat(net, torch.rand(1, 3, 12, 12) * 255,
+                    QuantConfig(act_bits=2, weight_bits=2, keep=KeepLayers(mode="float")))
+    gm = q.graph_module
+    relu = next(n for n in gm.graph.nodes if n.target is aten.relu.default)
+    assert relu.args[0].target is aten.conv2d.default  # conv -> relu, nothing between
+    readers = {u.target: u for u in relu.users}
+    fq = [gm.get_submodule(u.target) for u in relu.users if u.op == "call_module"]
+    assert [f.quant_max for f in fq] == [1]  # the body's k-bit input edge only
+    assert aten.add.Tensor in readers  # the skip reads the float ReLU output itself

@@ -21,6 +21,22 @@ from quantir.utils import silence_stderr
 SUFFIXES = (".tflite", ".onnx")
 
 
+_BYTES = np.arange(256, dtype=np.uint8)
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``table[codes]`` for uint8 ``codes``. quantir's artifacts map pixels to int8 by q = p - 128
+    (scale 1 on 0..255, zero point -128), a flip of the top bit: done as a XOR (60x faster than the
+    gather on a 1.4-MP output tile), the same bytes; any other table is gathered."""
+    if table.dtype.itemsize == 1:
+        raw = table.view(np.uint8)
+        if np.array_equal(raw, _BYTES ^ 0x80):
+            return np.bitwise_xor(codes, 0x80).view(table.dtype)
+        if np.array_equal(raw, _BYTES):
+            return codes.view(table.dtype).copy()
+    return np.take(table, codes)
+
+
 def quantize_input(pixels: np.ndarray, pixel_max: float, dtype, scale, zero_point) -> np.ndarray:
     x = pixels.astype(np.float32) * (pixel_max / 255.0)
     if np.issubdtype(dtype, np.integer):
@@ -67,7 +83,7 @@ class Runtime:
             if self._in_lut is None:
                 self._in_lut = quantize_input(np.arange(256, dtype=np.uint8), self.pixel_max, self.in_dtype,
                                               self.in_scale, self.in_zp)
-            return self._in_lut[pixels]
+            return _lookup(self._in_lut, pixels)
         return quantize_input(pixels, self.pixel_max, self.in_dtype, self.in_scale, self.in_zp)
 
     def dequantize(self, y: np.ndarray) -> np.ndarray:
@@ -76,7 +92,7 @@ class Runtime:
             if self._out_lut is None:  # indexed by the output's bytes: int8 -1 is byte 255
                 self._out_lut = _dequantize(np.arange(256, dtype=np.uint8).view(y.dtype), self.pixel_max,
                                             self.out_scale, self.out_zp)
-            return np.take(self._out_lut, y.view(np.uint8))
+            return _lookup(self._out_lut, y.view(np.uint8))
         return _dequantize(y, self.pixel_max, self.out_scale, self.out_zp)
 
     def _run_padded(self, img: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:

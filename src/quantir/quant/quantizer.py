@@ -86,6 +86,11 @@ def _annotated(n: Node) -> bool:
     return ann is not None and ann.output_qspec is not None
 
 
+def _marked(n: Node) -> bool:
+    """Annotated already, possibly as float (output None: a layer kept in float and its fused ReLU)."""
+    return "quantization_annotation" in n.meta
+
+
 def _fixed_spec(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
     return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=INT8_MIN,
                                         quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
@@ -249,7 +254,7 @@ class FullIntQuantizer(Quantizer):
         output_roots = self._output_roots(graph)
         self._out_spec = lambda node: io_spec if node in output_roots else None
         for n in graph.nodes:
-            if n.op != "call_function" or _annotated(n):
+            if n.op != "call_function" or _marked(n):
                 continue
             out_spec = io_spec if n in output_roots else None
             island = n.meta.get(ISLAND_META)
@@ -293,6 +298,13 @@ class FullIntQuantizer(Quantizer):
                     _mark(n, {inp: self._input_spec(inp)}, SharedQuantizationSpec((inp, n)))
         return model
 
+    def _from_kept(self, inp: Node) -> bool:
+        """Whether ``inp`` is the output of a kept layer (through its fused activation)."""
+        if inp in self._kept:
+            return True
+        return (inp.op == "call_function" and inp.target in FUSABLE_ACTIVATIONS
+                and isinstance(inp.args[0], Node) and inp.args[0] in self._kept)
+
     def _input_spec(self, inp: Node):
         return SharedQuantizationSpec(inp) if _annotated(inp) else self.act_spec
 
@@ -304,7 +316,9 @@ class FullIntQuantizer(Quantizer):
         if n.target in (aten.conv2d.default, aten.linear.default):
             act, weight = n.args[0], n.args[1]
             if not (kept and act_spec is None and act in self._float):  # float -> float: no quantizer between
-                inputs[act] = self._input_spec(act)
+                # A k-bit layer reading a kept layer's output requantizes it to k bits on that edge
+                # (the ODM lineage quantizes every body conv's input, the first one's included).
+                inputs[act] = self.act_spec if not kept and self._from_kept(act) else self._input_spec(act)
             weight_spec = self.kept_weight_spec if kept else self.weight_spec
             if weight_spec is not None:
                 inputs[weight] = weight_spec
@@ -317,6 +331,11 @@ class FullIntQuantizer(Quantizer):
                 act_spec = None
         users = list(n.users)
         fused = len(users) == 1 and users[0].op == "call_function" and users[0].target in FUSABLE_ACTIVATIONS
+        readers = list(users[0].users) if fused else users
+        if self._kept and not kept and readers and all(r in self._kept for r in readers):
+            # Only kept layers read it (the last body output into the tail/upsampler): it is their
+            # input, so it takes their precision, as in the ODM lineage, where the tail reads float.
+            act_spec = self.kept_act_spec
         if fused:
             _mark(n, inputs, None)
             relu = users[0]
