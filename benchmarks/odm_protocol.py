@@ -8,14 +8,18 @@ next to bicubic and FP32; a verdict per ordering of the paper (reproduced / with
 reproduced: the mean difference against twice its standard error); the validation curves of
 every run in one plot.
 
-    python benchmarks/odm_protocol.py --init RUN/checkpoints/deploy_fp32.safetensors --bits 2 4 \
-        --layouts 8bit --seeds 3 --out runs/odm_protocol
+    python benchmarks/odm_protocol.py --models mobileone_sr abpn --bits 2 4 --layouts 8bit \
+        --seeds 3 --steps 400 --out runs/odm_protocol
+
+`--models` trains each net's FP32 model first (table 1's quick recipe, reused when present under
+OUT/fp32/NAME); `--init CHECKPOINT` starts from a deploy checkpoint trained elsewhere instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -25,9 +29,14 @@ import torch
 
 from common import BenchSettings, make_config, run_training
 from odm_ablation import VARIANTS, _qat_base
+from sr_quant import MODELS, fp32_config
 
 from quantir.quant import checkpoint
 
+# Table 1's two nets at x3, and the ODM lineage's own net at its paper scale (x4) in the small
+# variant that trains on 2 cores (the full edsr_baseline is registered, too slow here).
+NETS = dict(MODELS, edsr_baseline_small={"model": "edsr_baseline_small", "fp32_full": (3000, 48),
+                                         "fp32_quick": (1500, 32), "stage2": False, "scale": 4})
 LAYOUTS = {"full": ("fully k-bit", {}),
            "float": ("paper: head/tail/upsampler float", {"keep": {"mode": "float"}}),
            "8bit": ("paper: head/tail/upsampler 8-bit", {"keep": {"mode": "8bit"}})}
@@ -70,8 +79,12 @@ def plot_curves(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = sorted({k.rsplit(" | ", 1)[0] for k in curves})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    cols = min(3, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax, group in zip(axes.flat, groups):
         for key, (steps, psnr) in curves.items():
             if key.startswith(group + " | ") and steps:
                 row = key.rsplit(" | ", 1)[1]
@@ -89,7 +102,9 @@ def plot_curves(curves: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--init", required=True, help="FP32 deploy checkpoint (quantir train's deploy_fp32)")
+    ap.add_argument("--init", help="FP32 deploy checkpoint (quantir train's deploy_fp32); or --models")
+    ap.add_argument("--models", nargs="+", choices=list(NETS), default=[],
+                    help="train these nets' FP32 models here first (table 1's quick recipe)")
     ap.add_argument("--bits", type=int, nargs="+", default=[2])
     ap.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=["8bit"])
     ap.add_argument("--rows", nargs="+", choices=list("abcde"), default=list("abcde"), help="table 2's rows")
@@ -97,51 +112,67 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--out", default="runs/odm_protocol")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="odm_protocol", help="name of the JSON and plot written under --out")
     a = ap.parse_args()
+    if bool(a.init) == bool(a.models):
+        ap.error("give exactly one of --init and --models")
     torch.set_num_threads(a.threads)
-    record = checkpoint.load(a.init)
-    spec = {"model": record["model_name"]}
-    options = {k: v for k, v in record["model_cfg"].items() if k != "deploy"}
     settings = BenchSettings(Path(a.out), quick=True, threads=a.threads)
+    inits = {"init": a.init} if a.init else {}
+    for name in a.models:
+        fp32_dir = settings.out / "fp32" / name
+        print(f"[odm-protocol] FP32 {name}", flush=True)
+        spec = NETS[name]
+        cfg = dataclasses.replace(fp32_config(settings, spec), scale=spec.get("scale", 3))
+        run_training(cfg, fp32_dir)  # reused when already trained
+        inits[name] = str(fp32_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}")
     rows = {r[1]: r for r in VARIANTS if r[1] in a.rows}
-    results, curves, ref = {}, {}, {}
-    for bits in a.bits:
-        for layout in a.layouts:
-            name, keep = LAYOUTS[layout]
-            group = f"W{bits}A{bits} | {name}"
-            for letter, row in rows.items():
-                per_seed = []
-                for seed in range(a.seeds):
-                    base = _qat_base(spec, dict(VARIANTS[row], **keep), bits, a.steps, patch=32)
-                    base["model_options"] = options
-                    base["seed"] = seed
-                    run_dir = settings.out / f"w{bits}" / layout / f"{letter}_s{seed}"
-                    print(f"[odm-protocol] {group} {row} seed {seed}", flush=True)
-                    ev = run_training(make_config(settings, "sr", base), run_dir, init=a.init)["eval"]
-                    per_seed.append(ev["INT8 fake-quant"])
-                    ref = {"bicubic": ev["bicubic"], "FP32": ev["FP32 (fused)"]}
-                    curves[f"{group} | {row} s{seed}"] = val_curve(run_dir)
-                results[f"{group} | {row}"] = {
-                    m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y")}
+    results, curves, refs = {}, {}, {}
+    for net, init in inits.items():
+        record = checkpoint.load(init)
+        spec = {"model": record["model_name"]}
+        options = {k: v for k, v in record["model_cfg"].items() if k != "deploy"}
+        root = settings.out if a.init else settings.out / net
+        for bits in a.bits:
+            for layout in a.layouts:
+                name, keep = LAYOUTS[layout]
+                group = f"{spec['model']} | W{bits}A{bits} | {name}"
+                for letter, row in rows.items():
+                    per_seed = []
+                    for seed in range(a.seeds):
+                        base = _qat_base(spec, dict(VARIANTS[row], **keep), bits, a.steps, patch=32)
+                        base["model_options"] = options
+                        base["scale"] = int(options.get("scale", 3))
+                        base["seed"] = seed
+                        run_dir = root / f"w{bits}" / layout / f"{letter}_s{seed}"
+                        print(f"[odm-protocol] {group} {row} seed {seed}", flush=True)
+                        ev = run_training(make_config(settings, "sr", base), run_dir, init=init)["eval"]
+                        per_seed.append(ev["INT8 fake-quant"])
+                        refs[spec["model"]] = {"bicubic": ev["bicubic"], "FP32": ev["FP32 (fused)"]}
+                        curves[f"{group} | {row} s{seed}"] = val_curve(run_dir)
+                    results[f"{group} | {row}"] = {
+                        m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y")}
     verdicts = {}
     for key in {k.rsplit(" | ", 1)[0] for k in results}:
         got = {r[1]: results[f"{key} | {r}"]["psnr_rgb"] for r in rows.values() if f"{key} | {r}" in results}
         verdicts[key] = {o: verdict(got[x], got[y]) for o, (x, y) in ORDERINGS.items() if x in got and y in got}
-    out = {"init": a.init, "steps": a.steps, "seeds": a.seeds, "reference": ref, "results": results,
+    out = {"inits": inits, "steps": a.steps, "seeds": a.seeds, "reference": refs, "results": results,
            "verdicts": verdicts}
-    (settings.out / "odm_protocol.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot_curves(curves, settings.out / "odm_protocol_curves.png")
-    bic, fp = ref["bicubic"], ref["FP32"]
-    print(f"\nbicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, FP32 {fp['psnr_rgb']:.3f} / {fp['psnr_y']:.3f} dB"
-          f" (RGB / Y, shave = scale); {a.seeds} seeds x {a.steps} QAT steps")
-    print("| bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) |\n"
-          "|---|---|---|---:|---:|---:|")
+    (settings.out / f"{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    plot_curves(curves, settings.out / f"{a.tag}_curves.png")
+    print(f"\n{a.seeds} seeds x {a.steps} QAT steps; PSNR RGB / Y (shave = scale) on the evaluation photos")
+    for net, ref in refs.items():
+        bic, fp = ref["bicubic"], ref["FP32"]
+        print(f"- {net}: bicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, "
+              f"FP32 {fp['psnr_rgb']:.3f} / {fp['psnr_y']:.3f} dB")
+    print("\n| net | bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) |\n"
+          "|---|---|---|---|---:|---:|---:|")
     for key, r in results.items():
-        bits, layout, row = key.split(" | ")
+        net, bits, layout, row = key.split(" | ")
         rgb, y = np.array(r["psnr_rgb"]), np.array(r["psnr_y"])
         sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
-        print(f"| {bits} | {layout} | {row} | {rgb.mean():.3f} +- {sd(rgb):.3f} | {y.mean():.3f} +- {sd(y):.3f} | "
-              f"{rgb.mean() - bic['psnr_rgb']:+.3f} |")
+        print(f"| {net} | {bits} | {layout} | {row} | {rgb.mean():.3f} +- {sd(rgb):.3f} | {y.mean():.3f} +- "
+              f"{sd(y):.3f} | {rgb.mean() - refs[net]['bicubic']['psnr_rgb']:+.3f} |")
     for key, vs in sorted(verdicts.items()):
         for o, v in vs.items():
             print(f"- {key}: {o}: {v}")

@@ -7,8 +7,8 @@ from tests.conftest import natural_image
 
 def tiny_config(tmp_path, task="sr", **overrides):
     """A seconds-long config over synthetic photos (no network)."""
-    train, ev = tmp_path / "train", tmp_path / "eval"
-    for d, n, seed in ((train, 6, 0), (ev, 2, 100)):
+    train, ev, stress = tmp_path / "train", tmp_path / "eval", tmp_path / "stress"
+    for d, n, seed in ((train, 6, 0), (ev, 2, 100), (stress, 1, 200)):
         d.mkdir(exist_ok=True)
         for k in range(n):
             Image.fromarray(natural_image(96, 120, seed=seed + k)).save(d / f"im{k}.png")
@@ -16,7 +16,7 @@ def tiny_config(tmp_path, task="sr", **overrides):
         "task": task, "scale": 3,
         "model": "mobileone_sr_tiny" if task == "sr" else "qatie_unet_int8",
         "model_options": {} if task == "sr" else {"channels": 4},
-        "data": {"train_dir": str(train), "eval_dir": str(ev), "val_holdout": 2, "hr_downscale": 1,
+        "data": {"train_dir": str(train), "eval_dir": str(ev), "stress_dir": str(stress), "val_holdout": 2, "hr_downscale": 1,
                  "patch": 16 if task == "sr" else 32, "batch": 4, "val_size": 48},
         "stage1": {"steps": 30, "val_every": 10, "ckpt_every": 10},
         "stage2": {"steps": 10, "val_every": 5, "ckpt_every": 5},

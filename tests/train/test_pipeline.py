@@ -41,8 +41,11 @@ def test_tiny_run_produces_all_files(make_config, tmp_path, task):
     baseline = "bicubic" if task == "sr" else "input"
     assert {baseline, "FP32 (fused)", "INT8 fake-quant", "INT8 TFLite", "INT8 ONNX"} <= set(res)
     assert abs(res["INT8 TFLite"]["psnr_rgb"] - res["INT8 fake-quant"]["psnr_rgb"]) < 0.05
+    stress = json.loads((out / "results.json").read_text())["stress"]
+    assert set(stress) == set(res) and stress["FP32 (fused)"]["n_images"] == 1
     report = (out / "report.md").read_text()
     assert "INT8 TFLite" in report and "curves.png" in report
+    assert "## Stress photos (1 images" in report and "INT8 TFLite - FP32:" in report
     stages = {r[0] for r in _rows(out)}
     assert {"stage1", "qat"} <= stages
 

@@ -10,7 +10,7 @@ from quantir import __version__
 from quantir.errors import QuantirError
 
 def build_parser() -> argparse.ArgumentParser:
-    from quantir.cli import bench_cmd, data_cmd, eval_cmd, export_cmd, infer_cmd, quantize_cmd, train_cmd
+    from quantir.cli import analyze_cmd, bench_cmd, data_cmd, eval_cmd, export_cmd, infer_cmd, quantize_cmd, train_cmd
 
     parser = argparse.ArgumentParser(
         prog="quantir",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_convert_parser(sub)
     quantize_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
+    analyze_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
     infer_cmd.add_parsers(sub)
     data_cmd.add_parser(sub)

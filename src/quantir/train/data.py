@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from quantir.data.datasets import (Pair, PairSequence, div2k_dirs, dped_dirs, folder_pairs, holdout_split,
                                    image_files, match_pairs, sr_pairs)
-from quantir.data.io import read_image
+from quantir.data.io import list_images, read_image
 from quantir.data.patches import PatchDataset, Source
 from quantir.data.resize import downscale, make_clean_hr, mod_crop
 from quantir.errors import DataError
@@ -30,6 +30,7 @@ class Splits:
     val: list[Pair]
     eval: PairSequence | None
     train_names: list[str]
+    stress: PairSequence | None = None  # the hard photos, when their folder exists
 
 
 def _center_crop(img: np.ndarray, size: int, multiple: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def build_splits(cfg: TrainConfig, multiple: int = 1) -> Splits:
             hr = hr[: lr.shape[0] * cfg.scale, : lr.shape[1] * cfg.scale]
         sources.append(_source(cfg, hr, f.name, lr))
     val = [_val_pair(cfg, make_clean_hr(read_image(f), factor), f.name, multiple) for f in val_files]
-    return Splits(sources, val, eval_pairs(cfg), [f.name for f in train_files])
+    return Splits(sources, val, eval_pairs(cfg), [f.name for f in train_files], stress_pairs(cfg))
 
 
 def _dped_splits(cfg: TrainConfig) -> Splits:
@@ -96,7 +97,7 @@ def _dped_splits(cfg: TrainConfig) -> Splits:
     sources = [Source(target=read_image(t), input=read_image(i), name=t.name)
                for k, (i, t) in enumerate(pairs) if k not in val_idx]
     val = [Pair(pairs[k][1].name, read_image(pairs[k][0]), read_image(pairs[k][1])) for k in sorted(val_idx)]
-    return Splits(sources, val, eval_pairs(cfg), [s.name for s in sources])
+    return Splits(sources, val, eval_pairs(cfg), [s.name for s in sources], stress_pairs(cfg))
 
 
 def eval_pairs(cfg: TrainConfig) -> PairSequence | None:
@@ -114,6 +115,14 @@ def eval_pairs(cfg: TrainConfig) -> PairSequence | None:
         raise DataError(f"{d.eval_dir}: evaluation folder not found (run 'quantir data fetch samples --out data/samples')")
     return cfg.task_info.eval_pairs(d.eval_dir, d.eval_inputs_dir, limit=d.eval_limit, seed=0,
                                     degradation=d.degradation)
+
+
+def stress_pairs(cfg: TrainConfig) -> PairSequence | None:
+    """The hard photos of ``data.stress_dir`` with the eval photos' degradation; None when absent."""
+    d = cfg.data
+    if not d.stress_dir or not Path(d.stress_dir).is_dir() or not list_images(Path(d.stress_dir)):
+        return None
+    return cfg.task_info.eval_pairs(d.stress_dir, None, limit=d.eval_limit, seed=0, degradation=d.degradation)
 
 
 class StepSampler(Sampler):
