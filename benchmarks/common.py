@@ -123,9 +123,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, init: str | None = None) -> di
     results = run_dir / "results.json"
     saved = run_dir / "config.yaml"
     if results.is_file() and saved.is_file():
-        import yaml
-
-        if yaml.safe_load(saved.read_text()) == json.loads(json.dumps(config_io.to_dict(cfg))):
+        # Compare resolved configs: a field added since the run was saved takes its default on both sides.
+        if config_io.to_dict(config_io.load(TrainConfig, saved)) == config_io.to_dict(cfg):
             print(f"  reusing {run_dir}", flush=True)
             return json.loads(results.read_text())
     print(f"  training {run_dir.name} ...", flush=True)

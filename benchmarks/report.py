@@ -270,7 +270,8 @@ def write(bench_dir: Path, target: Path, command: str) -> None:
     if odm:
         lines += ["## 2. ODM ablation at low bits (simulation)", "",
                   f"Command: `{cmd('odm', 'odm_ablation.py')}`. "
-                  f"lambda_M = {odm['lambda_m']}, mismatch on detached q(X), per-layer cooperative similarity. "
+                  f"lambda_M = {odm['lambda_m']} on the paper's 0..255 pixel scale (applied as lambda_M / pixel_max to the 0..1 loss), "
+                  "mismatch on detached q(X), per-layer cooperative similarity. "
                   "Fake-quant PSNR (no low-bit export exists). The paper column is EDSR x4 on Set5, for the "
                   "ordering only.", ""] + odm_table(odm)
     if enh:

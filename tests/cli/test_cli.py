@@ -12,7 +12,7 @@ from tests.conftest import natural_image
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SUBCOMMANDS = {"train", "quantize", "export", "convert-checkpoint", "eval", "bench", "upscale", "enhance", "data"}
+SUBCOMMANDS = {"train", "quantize", "export", "convert-checkpoint", "eval", "analyze", "bench", "upscale", "enhance", "data"}
 
 
 def test_parser_has_exactly_the_documented_subcommands():

@@ -92,3 +92,11 @@ def test_odm_switch_records_mismatch_only_when_enabled():
     sims = cooperative_backward(params, (out - 100).abs().mean(), loss_m, lambda_m=1e-5, granularity="layer")
     assert sims and all(0.0 <= s <= 1.0 for s in sims)
     assert all(p.grad is not None for _, p in params if "weight" in _)
+
+
+def test_mismatch_weight_is_on_the_papers_pixel_scale():
+    """The paper's L1 is on 0..255 pixels, quantir's on 0..1: lambda_M / pixel_max keeps its balance."""
+    odm = ODMConfig(mismatch_weight=1e-5)
+    assert odm.effective_weight(255.0) == 1e-5 / 255.0
+    assert odm.effective_weight(1.0) == 1e-5
+    assert ODMConfig().effective_weight(255.0) == 0.0

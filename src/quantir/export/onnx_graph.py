@@ -18,6 +18,10 @@ bit-exact (tests/export/test_onnx_graph.py). The rewrites, in the order applied:
 * ``lookup_tables``: int8 tanh/sigmoid are 256-entry tables in TFLite; onnxruntime would run
   an approximate float tanh between DQ and Q. A Gather from the same table is exact. LeakyRelu
   gets the table of XNNPACK's 8-bit-multiplier kernel the same way.
+* ``snap_conv_biases``: onnxruntime quantizes a conv's float bias itself, in float32; the TFLite
+  converter (and quant/exact.py) round b / (s_in * s_w) in float64, and the two disagree on the
+  odd channel. Each bias is replaced by its code times its scale, which float32 rounds back to the
+  same code.
 * ``integer_add``: QLinearAdd rounds half to even on a float scale, XNNPACK's ADD uses 20-bit
   fixed-point multipliers and rounds half up (quant/exact.py); they differ when the two scales
   have a simple ratio. Each add is checked on all 65536 input pairs at export: where onnxruntime's
@@ -37,7 +41,7 @@ from quantir.quant.exact import xnnpack_add_multipliers, xnnpack_leaky_relu_mult
 
 
 def make_exact(model: onnx.ModelProto) -> onnx.ModelProto:
-    for rewrite in (relu_after_quantize, activations_to_uint8, lookup_tables, integer_add):
+    for rewrite in (snap_conv_biases, relu_after_quantize, activations_to_uint8, lookup_tables, integer_add):
         rewrite(model)
     del model.graph.value_info[:]  # stale dtypes after the rewrites; onnxruntime re-infers them
     onnx.checker.check_model(model)
@@ -85,6 +89,25 @@ class _Graph:
 
 def _is_dq(node) -> bool:
     return node is not None and node.op_type == "DequantizeLinear"
+
+
+def snap_conv_biases(model: onnx.ModelProto) -> None:
+    gr = _Graph(model)
+    for n in gr.g.node:
+        if n.op_type != "Conv" or len(n.input) < 3 or n.input[2] not in gr.const:
+            continue
+        act, weight = gr.producer.get(n.input[0]), gr.producer.get(n.input[1])
+        if not (_is_dq(act) and _is_dq(weight) and act.input[1] in gr.const and weight.input[1] in gr.const):
+            continue
+        s_in = np.float64(gr.const[act.input[1]].reshape(()))
+        s_w = gr.const[weight.input[1]].astype(np.float64).reshape(-1)
+        bias = gr.const[n.input[2]]
+        codes = np.round(bias.astype(np.float64) / (s_in * s_w))
+        snapped = (codes * (np.float32(s_in) * s_w.astype(np.float32))).astype(np.float32)
+        for t in gr.g.initializer:
+            if t.name == n.input[2]:
+                t.CopyFrom(numpy_helper.from_array(snapped, t.name))
+        gr.const[n.input[2]] = snapped
 
 
 def relu_after_quantize(model: onnx.ModelProto) -> None:

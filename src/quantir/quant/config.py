@@ -14,7 +14,10 @@ from quantir.quant.observers import RangeMethod
 class ODMConfig:
     """Hong & Lee, ECCV 2024 (docs/papers.md 2.3). Each piece switches on and off for ablations.
 
-    ``mismatch_weight`` is lambda_M (0 disables the regulariser). ``cooperative`` scales the
+    ``mismatch_weight`` is lambda_M on the paper's scale (0 disables the regulariser): its code
+    lineage (EDSR) computes the L1 loss on 0..255 pixels, quantir on 0..1, so the weight applied
+    to quantir's loss is ``effective_weight(pixel_max)`` and the paper's 1e-5 keeps the paper's
+    balance between the two losses. ``cooperative`` scales the
     mismatch gradient by sim = (cos(g_R, g_M) + 1) / 2 so it only acts where it agrees with the
     reconstruction gradient; off, the two losses are simply summed ("naive MR").
     ``granularity``: one similarity over all parameters ("model") or one per layer ("layer").
@@ -34,6 +37,13 @@ class ODMConfig:
     @property
     def enabled(self) -> bool:
         return self.mismatch_weight > 0
+
+    def effective_weight(self, pixel_max: float) -> float:
+        """lambda_M for quantir's loss. The reconstruction loss is on 0..1 (the paper's / 255) and
+        activations are in model units (the paper's * pixel_max / 255), so lambda_M / pixel_max
+        gives lambda_M * L_M / L_R the paper's value (before: lambda_M alone, 255x too strong for
+        the 0..255 SR nets: the regulariser outweighed the L1 loss 3-5x instead of being about 1 % of it)."""
+        return self.mismatch_weight / pixel_max
 
 
 LayerRole = Literal["head", "tail", "upsampler"]

@@ -86,7 +86,7 @@ class _ExactConv(torch.autograd.Function):
             acc = F.conv2d(a_int, w_int, None, stride, padding, dilation, groups).float()
         scale = (s_in * s_w).view(1, -1, 1, 1)
         if b is not None:
-            acc = acc + torch.round(b.view(1, -1, 1, 1) / scale)
+            acc = acc + bias_codes(b, s_in, s_w).view(1, -1, 1, 1).to(acc.dtype)
         if s_out is None:
             return acc * scale
         # Requantize as XNNPACK and onnxruntime do: one float32 multiplier (s_in * s_w) / s_out
@@ -107,6 +107,15 @@ class _ExactConv(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(dim=(0, 2, 3))
         return ga, gw, gb, None, None, None, None, None, None, None
+
+
+def bias_codes(b: torch.Tensor, s_in, s_w) -> torch.Tensor:
+    """The int32 bias a conv stores: round(b / (s_in * s_w)), in float64 as the TFLite converter
+    computes it. In float32 one channel in a few hundred lands on the other side of a .5 (found on
+    a trained mobileone_sr: one bias off by 1, 1e-4 of that conv's outputs off by one level);
+    ``export.onnx_graph.snap_conv_biases`` stores the same codes for onnxruntime."""
+    scale = torch.as_tensor(s_in, dtype=torch.float64).reshape(()) * torch.as_tensor(s_w).detach().double()
+    return torch.round(b.detach().double() / scale)
 
 
 def exact_conv2d(a, w, b, s_in, s_w, s_out=None, flags=(), stride=(1, 1), padding=(0, 0), dilation=(1, 1),

@@ -87,11 +87,15 @@ class QATConfig:
     calib_batches: int = 16  # forward-only range initialisation before training
     freeze_ranges_at: float = 0.8  # fraction of steps after which activation ranges stop learning
     quant_lr_mult: float = 10.0  # learning-rate multiplier for ranges and clipping gammas (ODM: 10x)
+    # Channel equalization across mobileone_sr's global skip before QAT (quant/equalize.py): the
+    # exponent alpha in (0, 1], None = off. Float function unchanged; the QAT copy is rescaled.
+    equalize_skip: float | None = None
     train: StageConfig = StageConfig(steps=500, lr=2e-5, lr_min=1e-7, ema=0.0,
                                      loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
 
     def __post_init__(self):
         require(0.0 <= self.freeze_ranges_at <= 1.0, "freeze_ranges_at must be in [0, 1]")
+        require(self.equalize_skip is None or 0.0 < self.equalize_skip <= 1.0, "equalize_skip must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from quantir.data.tiling import tiled_apply
 from quantir.models.apply import run_uint8, to_model_units
 from quantir.quant import checkpoint
 from quantir.quant.api import Phase, QuantizedModel, prepare_qat, set_phase
+from quantir.quant.equalize import equalize_skip
 from quantir.quant.odm import cooperative_backward, mismatch_loss
 from quantir.train.config import StageConfig, TrainConfig
 from quantir.train.data import calibration_batches, patch_loader
@@ -131,7 +133,12 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
     p = stage.patch or ctx.cfg.data.patch
     p -= p % multiple
     example = torch.rand(2, 3, p, p) * ctx.pixel_max
-    qmodel = prepare_qat(deploy.cpu(), example, qcfg).to(ctx.device)  # torch.export traces on the CPU
+    qdeploy = deploy.cpu()
+    if cfg.equalize_skip is not None:  # a rescaled copy for QAT; deploy stays the teacher and reference
+        qdeploy = copy.deepcopy(qdeploy)
+        equalize_skip(qdeploy, calibration_batches(ctx.cfg, ctx.sources, cfg.calib_batches, ctx.pixel_max),
+                      cfg.equalize_skip)
+    qmodel = prepare_qat(qdeploy, example, qcfg).to(ctx.device)  # torch.export traces on the CPU
     deploy.to(ctx.device)
     # Range initialisation on training patches, identical on every rank.
     qmodel.eval()
@@ -160,7 +167,7 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
     compute = _loss_fn(ctx, dataclasses.replace(stage), teacher_model=teacher)
     custom = None
     if qcfg.odm.enabled:
-        lam = qcfg.odm.mismatch_weight
+        lam = qcfg.odm.effective_weight(qmodel.info.pixel_max)
 
         if qcfg.odm.cooperative:
             def custom(model, batch):
