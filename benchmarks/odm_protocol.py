@@ -87,7 +87,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     for ax, group in zip(axes.flat, groups):
         for key, (steps, psnr) in curves.items():
             if key.startswith(group + " | ") and steps:
-                row = key.rsplit(" | ", 1)[1]
+                row = key.rsplit(" | ", 1)[1].rsplit(" s", 1)[0]  # one legend entry per row, not per seed
                 ax.plot(steps, psnr, label=row, color=f"C{'abcde'.index(row[1])}", alpha=0.7)
         ax.set_title(group, fontsize=9)
         ax.set_xlabel("QAT step")

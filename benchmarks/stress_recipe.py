@@ -38,6 +38,10 @@ VARIANTS = {
     "QAT learning rate x5": {"qat": {"train": {"lr": 1.0e-4}}},
     "channel equalization across the skip, alpha 1": {"qat": {"equalize_skip": 1.0}},
     "channel equalization across the skip, alpha 0.5": {"qat": {"equalize_skip": 0.5}},
+    # The steps that beat the preset on stress_val, together (chosen on stress_val only):
+    "combined: ranges longer + lr x5 + equalization 0.5 + train-ext": {
+        "data": {"extra_train_dirs": [str(SAMPLES / "train_ext")]},
+        "qat": {"train": {"steps": 1000, "lr": 1.0e-4}, "freeze_ranges_at": 0.95, "equalize_skip": 0.5}},
 }
 
 
