@@ -36,7 +36,7 @@ def run(args) -> int:
     qmodel, fp32 = load_for_analysis(src)
     info = qmodel.info
     pairs = info.eval_pairs(args.data, limit=args.limit, seed=args.seed)
-    crops = center_crops([pairs[i] for i in range(len(pairs))], args.crop, info.scale, info.size_multiple)
+    crops = center_crops(list(pairs), args.crop, info.scale, info.size_multiple)
     result = analyze(qmodel, crops, fp32, progress=True)
     js, png = write_analysis(result, out)
     print(format_analysis(result, top=args.top))

@@ -100,20 +100,12 @@ def _psnrs(model, pairs: Sequence[Pair]) -> list[float]:
         return [psnr(run_uint8(model, p.input), p.target) for p in pairs]
 
 
-def _weight_sqnr(gm: torch.fx.GraphModule, target: str, mod: WeightFakeQuantize) -> float:
-    node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
-    w = _attr(gm, node.args[0].target).detach()
+def _weight_sqnr(w: torch.Tensor, mod: WeightFakeQuantize) -> float:
+    w = w.detach()
     with torch.no_grad():
         mod.enable_fake_quant()
         q = mod(w)
     return _sqnr(float((w.double() ** 2).sum()), float(((w - q).double() ** 2).sum()))
-
-
-def _attr(gm: torch.fx.GraphModule, dotted: str) -> torch.Tensor:
-    obj = gm
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -146,6 +138,8 @@ def analyze(qmodel, pairs: Sequence[Pair], fp32_model: torch.nn.Module | None = 
         emulate_integer_convs(gm, elementwise=qmodel.config.exportable)
         raise ValueError("this model has no fake quantizers (is it a QAT checkpoint?)")
     names = list(quantizers)
+    weights = {n.target: gm.get_parameter(n.args[0].target) for n in gm.graph.nodes
+               if n.op == "call_module" and n.target in quantizers and quantizers[n.target][2] == "weight"}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -172,7 +166,7 @@ def analyze(qmodel, pairs: Sequence[Pair], fp32_model: torch.nn.Module | None = 
             meter = _ErrorMeter()
             only = measured(lambda n, _name=name: n == _name, hooks=[] if kind == "weight" else [(name, meter)])
             but = measured(lambda n, _name=name: n != _name)
-            sqnr = _weight_sqnr(gm, name, mod) if kind == "weight" else _sqnr(meter.signal, meter.noise)
+            sqnr = _weight_sqnr(weights[name], mod) if kind == "weight" else _sqnr(meter.signal, meter.noise)
             rows.append(TensorReport(name, tensor, kind, int(mod.quant_max) - int(mod.quant_min) + 1, sqnr,
                                      float(np.mean(floats) - np.mean(only)), float(np.mean(but) - np.mean(quantized))))
     finally:

@@ -93,6 +93,7 @@ def _is_dq(node) -> bool:
 
 def snap_conv_biases(model: onnx.ModelProto) -> None:
     gr = _Graph(model)
+    initializers = {t.name: t for t in gr.g.initializer}
     for n in gr.g.node:
         if n.op_type != "Conv" or len(n.input) < 3 or n.input[2] not in gr.const:
             continue
@@ -104,9 +105,7 @@ def snap_conv_biases(model: onnx.ModelProto) -> None:
         bias = gr.const[n.input[2]]
         codes = np.round(bias.astype(np.float64) / (s_in * s_w))
         snapped = (codes * (np.float32(s_in) * s_w.astype(np.float32))).astype(np.float32)
-        for t in gr.g.initializer:
-            if t.name == n.input[2]:
-                t.CopyFrom(numpy_helper.from_array(snapped, t.name))
+        initializers[n.input[2]].CopyFrom(numpy_helper.from_array(snapped, n.input[2]))
         gr.const[n.input[2]] = snapped
 
 
