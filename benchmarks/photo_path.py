@@ -3,8 +3,9 @@
     python benchmarks/photo_path.py --photo data/samples/train/<a 10+ MP photo> --json runs/photo_path.json
 
 The photo is resized (Pillow LANCZOS) to each requested input size and saved as JPEG. For every
-case, in this one run: (1) the model's own time for those pixels: ``invoke`` of the artifact on one
-pre-quantized tile, repeated, times (photo pixels / tile pixels), no overlap, no I/O; (2) the photo
+case, in this one run: (1) the model's own time for those pixels: ``invoke`` of the artifact on
+pre-quantized tiles cut from the photo (the median of five), times (photo pixels / tile pixels),
+no overlap, no I/O, timed before and after the case and averaged; (2) the photo
 path split into decode, inference (every tile's ``run``, overlap included), stitching and encode;
 (3) ``quantir upscale`` / ``enhance`` end to end in a fresh process: wall time and peak RSS (its
 VmHWM). The ratio end-to-end / model is what the photo path costs on top of the model.
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from quantir.data.io import load_photo, write_image, write_png_bands
+from quantir.data.png_stream import PNGStreamWriter
 from quantir.data.tiling import stack_bands
 from quantir.infer import Processor, builtin_model
 
@@ -41,13 +43,26 @@ print(time.perf_counter() - t, hwm_kb, code)
 """
 
 
-def model_only_seconds(proc: Processor, pixels: int, tile: int, repeats: int = 3) -> float:
-    """The artifact's invoke on a tile x tile input, scaled to ``pixels`` input pixels."""
+def model_only_seconds(proc: Processor, pixels: int, tile: int, photo: np.ndarray | None = None,
+                       repeats: int = 5) -> float:
+    """The artifact's invoke on tile x tile inputs, scaled to ``pixels`` input pixels.
+
+    Tiles are cut from ``photo`` (real content, a different one per repeat; a flat grey tile
+    without a photo); the median over repeats, since a shared 2-core box moves single timings by
+    10-15 %.
+    """
     rt = proc.model
-    x = rt.quantize(np.full((1, tile, tile, 3), 128, np.uint8))
-    rt.invoke(x)  # allocate once
+    if photo is None:
+        tiles = [np.full((tile, tile, 3), 128, np.uint8)] * repeats
+    else:
+        h, w = photo.shape[:2]
+        tile = min(tile, h, w)
+        tiles = [photo[(k * 97) % (h - tile + 1):][:tile, (k * 131) % (w - tile + 1):][:, :tile]
+                 for k in range(repeats)]
+    xs = [rt.quantize(np.ascontiguousarray(t)[None]) for t in tiles]
+    rt.invoke(xs[0])  # allocate once
     times = []
-    for _ in range(repeats):
+    for x in xs:
         t = time.perf_counter()
         rt.invoke(x)
         times.append(time.perf_counter() - t)
@@ -95,6 +110,17 @@ def split(proc: Processor, path: Path, out: Path) -> dict:
             "encode_s": total - produce[0], "path_s": decode + total, "out_mb": out.stat().st_size / 1e6}
 
 
+def writer_seconds(out: np.ndarray, path: Path, fast: bool, prefix: str, band: int = 768) -> dict:
+    """The streaming PNG writer alone on ``out``, in bands of ``band`` rows, one thread."""
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        png = PNGStreamWriter(f, out.shape[1], out.shape[0], out.shape[2], fast=fast)
+        for k in range(0, len(out), band):
+            png.write(out[k:k + band])
+        png.close()
+    return {f"{prefix}_writer_s": time.perf_counter() - t, f"{prefix}_mb": path.stat().st_size / 1e6}
+
+
 def end_to_end(cmd: str, src: Path, out: Path, tile: int, threads: int) -> dict:
     res = subprocess.run([sys.executable, "-c", RUN_CLI, cmd, str(src), "-o", str(out), "--overwrite", "--quiet",
                           "--tile", str(tile), "--threads", str(threads)], capture_output=True, text=True)
@@ -114,7 +140,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=0, help="tile side (0: the CLI's default per task)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pillow", action="store_true",
-                    help="also time Pillow's PNG encoder (level 6) on the same output, for PNG cases")
+                    help="also time Pillow's PNG encoder (level 6) and quantir's streaming writer with zlib-ng's "
+                         "and the stdlib's deflater on the same output, for PNG cases")
     ap.add_argument("--sweep", type=int, nargs="*", default=[],
                     help="also print the SR model's invoke time per input pixel at these tile sides")
     ap.add_argument("--json", type=Path)
@@ -140,17 +167,24 @@ def main() -> None:
             if not src.exists():
                 base.resize((w, h), Image.LANCZOS).save(src, quality=95)
             proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=tile, threads=args.threads)
-            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": tile,
-                   "model_s": model_only_seconds(proc, w * h, tile)}
+            pixels = np.asarray(Image.open(src).convert("RGB"))
+            before = model_only_seconds(proc, w * h, tile, pixels)
+            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": tile}
             row.update(split(proc, src, tmp / f"split.{ext}"))
             if args.pillow and ext == "png":
                 out = np.asarray(Image.open(tmp / "split.png"))
                 t = time.perf_counter()
                 Image.fromarray(out).save(tmp / "pillow.png")
                 row.update(pillow_encode_s=time.perf_counter() - t, pillow_mb=(tmp / "pillow.png").stat().st_size / 1e6)
+                for fast in (True, False):  # quantir's writer with zlib-ng's deflater, then the stdlib's
+                    row.update(writer_seconds(out, tmp / "writer.png", fast, prefix="zlibng" if fast else "stdlib"))
                 del out
             row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads))
+            after = model_only_seconds(proc, w * h, tile, pixels)
+            # the model is timed before and after the photo path, and the mean is the reference
+            row.update(model_s=(before + after) / 2, model_before_s=before, model_after_s=after)
             row["ratio"] = row["e2e_s"] / row["model_s"]
+            del pixels
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.json:

@@ -9,9 +9,9 @@ from quantir.data.png_stream import PNGStreamWriter
 from tests.conftest import natural_image
 
 
-def _stream(rows, channels, bands, icc=None):
+def _stream(rows, channels, bands, icc=None, fast=True):
     buf = io.BytesIO()
-    png = PNGStreamWriter(buf, rows.shape[1], rows.shape[0], channels, icc)
+    png = PNGStreamWriter(buf, rows.shape[1], rows.shape[0], channels, icc, fast=fast)
     start = 0
     for n in bands:
         png.write(rows[start:start + n])
@@ -21,12 +21,13 @@ def _stream(rows, channels, bands, icc=None):
     return Image.open(buf)
 
 
+@pytest.mark.parametrize("fast", [True, False])  # zlib-ng's deflater, and the stdlib zlib without it
 @pytest.mark.parametrize("channels,mode", [(1, "L"), (2, "LA"), (3, "RGB"), (4, "RGBA")])
-def test_streamed_png_decodes_to_the_same_pixels(channels, mode):
+def test_streamed_png_decodes_to_the_same_pixels(channels, mode, fast):
     rng = np.random.default_rng(channels)
     rows = rng.integers(0, 256, (37, 23, channels), dtype=np.uint8)
     rows[5:9] = 255  # runs and wrap-around differences in the Up filter
-    im = _stream(rows[..., 0] if channels == 1 else rows, channels, [1, 10, 0, 26])
+    im = _stream(rows[..., 0] if channels == 1 else rows, channels, [1, 10, 0, 26], fast=fast)
     assert im.mode == mode
     got = np.asarray(im)
     assert np.array_equal(got, rows[..., 0] if channels == 1 else rows)

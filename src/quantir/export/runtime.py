@@ -16,6 +16,7 @@ import numpy as np
 from quantir.data.task import ModelInfo
 from quantir.data.tiling import tiled_apply
 from quantir.errors import ConfigError, ModelFileError
+from quantir.export.receptive_field import tflite_radius
 from quantir.utils import silence_stderr
 
 SUFFIXES = (".tflite", ".onnx")
@@ -72,6 +73,8 @@ class Runtime:
 
     # subclasses: fixed_hw (None if dynamic), invoke(int8/float NHWC batch) -> NHWC output, io
     fixed_hw: tuple[int, int] | None = None
+    # receptive-field radius of the output in input px, read from the graph (None: not derivable)
+    radius: int | None = None
 
     def quantize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NHWC pixels -> the artifact's input tensor (its dtype, scale and zero point).
@@ -114,8 +117,11 @@ class Runtime:
         fh, fw = self.fixed_hw
         if img.shape[0] <= fh and img.shape[1] <= fw:
             return self._run_padded(img, (fh, fw))
+        overlap, margin = min(32, fh // 4, fw // 4), None
+        if self.radius is not None and 2 * self.radius <= overlap:
+            overlap, margin = 2 * self.radius, self.radius  # a hard cut: exact, and less overlap
         return tiled_apply(img, lambda t: self._run_padded(t, (fh, fw)), scale=self.scale, tile=(fh, fw),
-                           overlap=min(32, fh // 4, fw // 4))
+                           overlap=overlap, margin=margin)
 
 
 class TFLiteRuntime(Runtime):
@@ -140,6 +146,7 @@ class TFLiteRuntime(Runtime):
         self.out_scale, self.out_zp = out["quantization"]
         sig = list(inp.get("shape_signature", inp["shape"]))
         self.fixed_hw = None if (sig[1] == -1 or sig[2] == -1) else (int(sig[1]), int(sig[2]))
+        self.radius = tflite_radius(data)
         self._shape = None
 
     def invoke(self, x: np.ndarray) -> np.ndarray:

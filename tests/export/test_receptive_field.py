@@ -1,0 +1,64 @@
+"""The receptive-field radius read from a TFLite graph, and the exact tile overlap built on it."""
+
+import numpy as np
+import pytest
+
+from quantir.data.tiling import tiled_apply
+from quantir.export.receptive_field import Node, Window, output_radius, tflite_radius
+from quantir.export.runtime import load_runtime
+from quantir.infer import OVERLAP, Processor, builtin_model, tile_overlap
+from tests.conftest import natural_image
+
+
+def _conv(src, dst, k=3, stride=1, dilation=1):
+    return Node("window", (src,), (dst,), Window((k, k), (stride, stride), (dilation, dilation)))
+
+
+def test_radius_rules_on_a_small_graph():
+    # in -> conv3 (1) -> conv3 dil 2 (+2) -> strided conv3 (+2, step 2) -> conv3 at step 2 (+2)
+    #    -> depth-to-space 2 (+1: a fine pixel sits one px from its coarse parent) -> add with the input
+    nodes = [_conv(0, 1), _conv(1, 2, dilation=2), _conv(2, 3, stride=2), _conv(3, 4),
+             Node("depth_to_space", (4,), (5,), block=2), Node("pointwise", (5, 0), (6,))]
+    assert output_radius(nodes, 0, 6) == 1 + 2 + 2 + 2 + 1
+    # an SR tail: depth-to-space at step 1 copies each output pixel from the LR pixel that holds it
+    assert output_radius([_conv(0, 1), Node("depth_to_space", (1,), (2,), block=3)], 0, 2) == 1
+    assert output_radius([_conv(0, 1), Node("pad", (1,), (2,), block=2)], 0, 2) == 3
+    # an op the reader does not follow, on the output's path only, makes the radius unknown
+    assert output_radius([_conv(0, 1), Node("unknown", (1,), (2,)), Node("pointwise", (1, 2), (3,))], 0, 3) is None
+    assert output_radius([_conv(0, 1), Node("unknown", (0,), (2,))], 0, 1) == 1
+
+
+def test_builtin_models_radius_from_their_graphs():
+    # the built-in x3 net: ten 3x3 convs in a chain (and the input's own global skip)
+    sr = builtin_model("sr")
+    assert tflite_radius(sr.read_bytes()) == 10
+    assert load_runtime(sr).radius == 10
+    assert tile_overlap("sr", 10) == (20, 10)
+    # the U-Net sees far: its tiles keep the default cross-fade instead of a 176-px overlap
+    enh = load_runtime(builtin_model("enhance"))
+    assert enh.radius is not None and 2 * enh.radius > OVERLAP["enhance"]
+    assert tile_overlap("enhance", enh.radius) == (OVERLAP["enhance"], None)
+    assert tile_overlap("sr", None) == (OVERLAP["sr"], OVERLAP["sr"] // 2)
+
+
+def test_overlap_of_twice_the_radius_is_exact_and_one_less_is_not(sr_model):
+    """A hard cut at the radius reproduces the whole image bit for bit; at radius - 1 tiles see
+    their own zero padding, so the radius read from the graph is not an overestimate either."""
+    rt = load_runtime(sr_model)
+    r = rt.radius
+    assert r is not None and r > 1
+    img = natural_image(97, 131)
+    whole = rt.run(img)
+    exact = tiled_apply(img, rt.run, scale=rt.scale, tile=48, overlap=2 * r, margin=r)
+    assert np.array_equal(exact, whole)
+    short = tiled_apply(img, rt.run, scale=rt.scale, tile=48, overlap=2 * (r - 1), margin=r - 1)
+    assert not np.array_equal(short, whole)
+
+
+@pytest.mark.parametrize("tile", [72, 100])
+def test_photo_path_tiles_at_the_graph_overlap_equal_the_whole_image(sr_model, tile):
+    proc = Processor(sr_model, "sr", 3, tile=tile)
+    assert proc.model.radius is not None
+    img = natural_image(2 * tile + 17, 3 * tile + 5, seed=3)
+    assert len(list(proc.bands(img))) >= 3
+    assert np.array_equal(proc.run(img), proc.model.run(img))
