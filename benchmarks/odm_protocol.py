@@ -37,9 +37,16 @@ from quantir.quant import checkpoint
 # variant that trains on 2 cores (the full edsr_baseline is registered, too slow here).
 NETS = dict(MODELS, edsr_baseline_small={"model": "edsr_baseline_small", "fp32_full": (3000, 48),
                                          "fp32_quick": (1500, 32), "stage2": False, "scale": 4})
+# "float"/"8bit" quantize every tensor the int8 artifact would (adds and skips included);
+# "conv-float"/"conv-8bit" quantize only conv inputs and weights, as the lineage's QConv2d does
+# (papers.md 2.6: residual adds and skips stay float): its reported protocol.
 LAYOUTS = {"full": ("fully k-bit", {}),
-           "float": ("paper: head/tail/upsampler float", {"keep": {"mode": "float"}}),
-           "8bit": ("paper: head/tail/upsampler 8-bit", {"keep": {"mode": "8bit"}})}
+           "float": ("head/tail/upsampler float", {"keep": {"mode": "float"}}),
+           "8bit": ("head/tail/upsampler 8-bit", {"keep": {"mode": "8bit"}}),
+           "conv-float": ("paper: conv inputs only, head/tail/upsampler float",
+                          {"keep": {"mode": "float"}, "act_scope": "conv_inputs"}),
+           "conv-8bit": ("paper: conv inputs only, head/tail/upsampler 8-bit",
+                         {"keep": {"mode": "8bit"}, "act_scope": "conv_inputs"})}
 ORDERINGS = {"WCC helps: (c) > (a)": ("c", "a"), "cooperative MR helps: (b) > (a)": ("b", "a"),
              "cooperative beats naive: (e) > (d)": ("e", "d"), "ODM beats baseline: (e) > (a)": ("e", "a")}
 

@@ -117,3 +117,23 @@ def test_a_float_head_with_its_relu_stays_float_on_the_global_skip():
     fq = [gm.get_submodule(u.target) for u in relu.users if u.op == "call_module"]
     assert [f.quant_max for f in fq] == [1]  # the body's k-bit input edge only
     assert aten.add.Tensor in readers  # the skip reads the float ReLU output itself
+
+
+@pytest.mark.parametrize("mode", ["8bit", "float"])
+def test_conv_inputs_scope_quantizes_conv_inputs_and_weights_only(edsr, mode):
+    # The lineage's QConv2d (act_scope="conv_inputs"): each conv's input and weights get a fake
+    # quantizer; residual adds, the global skip and the output stay float.
+    cfg = QuantConfig(act_bits=3, weight_bits=3, keep=KeepLayers(mode=mode), act_scope="conv_inputs")
+    q = prepare_qat(edsr, torch.rand(2, 3, 12, 12) * 255, cfg)
+    kept = 127 if mode == "8bit" else None
+    ins = _input_bits(q)
+    assert all(v == 3 for p, v in ins.items() if p.startswith("body")) and len(ins) == 9
+    assert ins["head"] == ins["tail"] == ins["upsample.convs.0"] == kept
+    assert all(w == (kept if p in ("head", "tail") or p.startswith("upsample") else 3)
+               for p, (w, _) in _conv_bits(q).items())
+    # one activation quantizer per quantized conv input, none anywhere else (adds, skip, output)
+    acts = [m for m in q.graph_module.modules() if isinstance(m, ActFakeQuantize)]
+    assert len(acts) == sum(v is not None for v in ins.values())
+    assert not cfg.exportable
+    with pytest.raises(ConfigError, match="act_scope"):
+        QuantConfig(act_scope="outputs")

@@ -154,7 +154,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
     if config.keep.mode == "8bit":
         kept = _specs(dataclasses.replace(config, act_bits=8, weight_bits=8), learnable and config.learn_act_ranges)
     quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=IO_ZERO_POINT),
-                                 keep=config.keep, kept_specs=kept)
+                                 keep=config.keep, kept_specs=kept, conv_inputs_only=config.act_scope == "conv_inputs")
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
     if config.exact_conv:
         emulate_integer_convs(graph, elementwise=config.exportable)
@@ -260,7 +260,12 @@ def convert(qmodel: QuantizedModel, example: torch.Tensor | None = None) -> Quan
     """
     if not qmodel.config.exportable:
         c = qmodel.config
-        why = "layers kept in float (quant.keep.mode: float)" if c.keep.mode == "float" else f"W{c.weight_bits}A{c.act_bits}"
+        if c.act_scope != "all":
+            why = f"only conv inputs quantized (quant.act_scope: {c.act_scope})"
+        elif c.keep.mode == "float":
+            why = "layers kept in float (quant.keep.mode: float)"
+        else:
+            why = f"W{c.weight_bits}A{c.act_bits}"
         raise ConfigError(f"only all-8-bit models convert (this one has {why})")
     if example is not None:
         refresh_weight_qparams(qmodel, example)

@@ -97,8 +97,13 @@ class QuantConfig:
     allow_float_ops: bool = False  # user models: accept float islands (listed in parity.json) instead of failing
     odm: ODMConfig = ODMConfig()
     keep: KeepLayers = KeepLayers()  # low-bit protocol: head/tail/upsampler in float or at 8 bits
+    # Which activations get a fake quantizer. "all": every tensor, as the int8 artifact computes it.
+    # "conv_inputs": only the input of each conv (and its weights): the ODM lineage's simulation
+    # (PAMS/DAQ/AdaBM's QConv2d), where residual adds, skips and the output stay float; not exportable.
+    act_scope: Literal["all", "conv_inputs"] = "all"
 
     def __post_init__(self):
+        check_choices(self)
         require(2 <= self.act_bits <= 8 and 2 <= self.weight_bits <= 8, "act_bits and weight_bits must be in 2..8")
         require(50.0 < self.act_percentile <= 100.0, "act_percentile must be in (50, 100]")
         if self.weight_clip_percentile is not None:
@@ -115,4 +120,5 @@ class QuantConfig:
 
     @property
     def exportable(self) -> bool:
-        return self.act_bits == 8 and self.weight_bits == 8 and self.keep.mode != "float"
+        return (self.act_bits == 8 and self.weight_bits == 8 and self.keep.mode != "float"
+                and self.act_scope == "all")

@@ -204,11 +204,13 @@ class FullIntQuantizer(Quantizer):
     """Annotates every tensor op of an exported image model for full-integer int8 execution."""
 
     def __init__(self, act_spec: QuantizationSpec, weight_spec: QuantizationSpec, io: IOQuant,
-                 keep: KeepLayers = KeepLayers(), kept_specs: tuple = (None, None)):
+                 keep: KeepLayers = KeepLayers(), kept_specs: tuple = (None, None), conv_inputs_only: bool = False):
         """``keep`` picks layers whose weights and output use ``kept_specs`` = (act, weight) instead
-        (8-bit specs, or None for float in simulation): the low-bit protocol of quant/config.py."""
+        (8-bit specs, or None for float in simulation): the low-bit protocol of quant/config.py.
+        ``conv_inputs_only``: quantize only conv inputs and weights (``QuantConfig.act_scope``)."""
         super().__init__()
         self.act_spec, self.weight_spec, self.io = act_spec, weight_spec, io
+        self.conv_inputs_only = conv_inputs_only
         self.keep, (self.kept_act_spec, self.kept_weight_spec) = keep, kept_specs
         self._kept: set = set()
         self._float: set = set()  # nodes whose output stays float (after layers kept in float)
@@ -251,6 +253,8 @@ class FullIntQuantizer(Quantizer):
         graph = model.graph
         io_spec = self.io.spec()
         self._kept, self._float = kept_layers(graph, self.keep), set()
+        if self.conv_inputs_only:
+            return self._annotate_conv_inputs(model)
         output_roots = self._output_roots(graph)
         self._out_spec = lambda node: io_spec if node in output_roots else None
         for n in graph.nodes:
@@ -296,6 +300,21 @@ class FullIntQuantizer(Quantizer):
                     _mark(n, {inp: self.act_spec}, out_spec or self.act_spec)
                 else:
                     _mark(n, {inp: self._input_spec(inp)}, SharedQuantizationSpec((inp, n)))
+        return model
+
+    def _annotate_conv_inputs(self, model: GraphModule) -> GraphModule:
+        """The ODM lineage's simulation: a quantizer on each conv's input edge and on its weights,
+        nothing else; a kept layer takes the kept specs (none in float mode, 8 bits in "8bit")."""
+        for n in model.graph.nodes:
+            if n.op != "call_function" or n.target not in (aten.conv2d.default, aten.linear.default) or _marked(n):
+                continue
+            kept = n in self._kept
+            act_spec = self.kept_act_spec if kept else self.act_spec
+            weight_spec = self.kept_weight_spec if kept else self.weight_spec
+            inputs = {n.args[0]: act_spec} if act_spec is not None else {}
+            if weight_spec is not None:
+                inputs[n.args[1]] = weight_spec
+            _mark(n, inputs, None)
         return model
 
     def _from_kept(self, inp: Node) -> bool:
