@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantir.data.io import load_photo, write_image, write_png_bands
+from quantir.data.io import STREAMED_FORMATS, load_photo, output_format, write_bands, write_image
 from quantir.data.png_stream import PNGStreamWriter
 from quantir.data.tiling import stack_bands
 from quantir.infer import Processor, builtin_model
@@ -99,10 +99,10 @@ def split(proc: Processor, path: Path, out: Path) -> dict:
             yield item
 
     t1 = time.perf_counter()
-    if out.suffix == ".png":
-        write_png_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
+    if output_format(out) in STREAMED_FORMATS:
+        write_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
     else:
-        held = stack_bands(bands(), oh)  # JPEG/WEBP/TIFF: Pillow encodes the whole image at once
+        held = stack_bands(bands(), oh)  # WEBP/TIFF: Pillow encodes the whole image at once
         write_image(out, held, icc_profile=photo.icc_profile)
     total = time.perf_counter() - t1
     proc.model.run = run

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, WRITE_FORMATS, Photo, list_images, load_photo,
-                             output_format, write_image, write_png_bands)
+from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, STREAMED_FORMATS, WRITE_FORMATS, Photo, list_images,
+                             load_photo, output_format, write_bands, write_image)
 from quantir.data.tiling import stack_bands, tiled_bands
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
@@ -185,10 +185,11 @@ class Processor:
         oh, ow = photo.rgb.shape[0] * self.scale, photo.rgb.shape[1] * self.scale
         alpha = _resize_alpha(photo.alpha, (oh, ow)) if photo.alpha is not None else None
         gray = photo.source_mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
-        if output_format(job.target) == "PNG" and not compare:
-            # Streamed band by band: memory is bounded by a row of tiles, not by the output image.
-            write_png_bands(job.target, ow, oh, self.bands(photo.rgb, on_tile), alpha=alpha,
-                            icc_profile=photo.icc_profile, grayscale=gray)
+        if output_format(job.target) in STREAMED_FORMATS and not compare:
+            # PNG and JPEG are streamed band by band: memory is bounded by a row of tiles, not by
+            # the output image, and the encoder runs beside the model instead of after it.
+            write_bands(job.target, ow, oh, self.bands(photo.rgb, on_tile), alpha=alpha,
+                        icc_profile=photo.icc_profile, grayscale=gray)
             return job.target
         out = self.run(photo.rgb, on_tile)
         write_image(job.target, out, alpha=alpha, icc_profile=photo.icc_profile, grayscale=gray)

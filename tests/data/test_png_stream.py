@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from quantir.data.io import write_image, write_png_bands
+from quantir.data.io import write_image, write_bands
 from quantir.data.png_stream import PNGStreamWriter
 from tests.conftest import natural_image
 
@@ -51,21 +51,22 @@ def test_wrong_row_counts_and_shapes_are_refused():
 
 
 @pytest.mark.parametrize("gray", [False, True])
-def test_write_png_bands_equals_write_image(tmp_path, gray):
+def test_write_bands_equals_write_image(tmp_path, gray):
     rgb = natural_image(30, 41)
     alpha = np.linspace(0, 255, 30 * 41).reshape(30, 41).astype(np.uint8)
     write_image(tmp_path / "whole.png", rgb, alpha=alpha, grayscale=gray)
     bands = [(0, rgb[:7]), (7, rgb[7:8]), (8, rgb[8:])]
-    write_png_bands(tmp_path / "bands.png", 41, 30, iter(bands), alpha=alpha, grayscale=gray)
+    write_bands(tmp_path / "bands.png", 41, 30, iter(bands), alpha=alpha, grayscale=gray)
     a, b = Image.open(tmp_path / "whole.png"), Image.open(tmp_path / "bands.png")
     assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_failing_band_source_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_a_failing_band_source_leaves_no_file(tmp_path, ext):
     def bands():
         yield 0, natural_image(4, 10)
         raise RuntimeError("model failed")
 
     with pytest.raises(RuntimeError):
-        write_png_bands(tmp_path / "x.png", 10, 8, bands())
+        write_bands(tmp_path / f"x{ext}", 10, 8, bands())
     assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from quantir.data.jpeg_stream import JPEGStreamWriter, jpeg_params
 from quantir.data.png_stream import PNGStreamWriter
 from quantir.errors import ImageError
 from quantir.utils import atomic_path, check_writable
@@ -163,10 +164,10 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
     params: dict = {}
     if icc_profile and not grayscale:  # an RGB profile does not describe gray pixels
         params["icc_profile"] = icc_profile
-    if fmt in ("JPEG", "WEBP"):
+    if fmt == "WEBP":
         params["quality"] = quality
     if fmt == "JPEG":
-        params["subsampling"] = 0 if quality >= 90 else 2
+        params.update(jpeg_params(quality))
     check_writable(path)
     try:
         with atomic_path(path) as tmp:
@@ -175,17 +176,26 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
         raise ImageError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
 
 
-def write_png_bands(path: str | Path, width: int, height: int, bands: Iterable[tuple[int, np.ndarray]],
-                    alpha: np.ndarray | None = None, icc_profile: bytes | None = None,
-                    grayscale: bool = False) -> None:
-    """Write a PNG from consecutive ``(row, uint8 RGB band)`` pairs as they come, atomically.
+STREAMED_FORMATS = ("PNG", "JPEG")  # written band by band (write_bands); the others need the whole image
 
-    Only one band is in memory at a time (``alpha``, if given, is the whole HxW plane). The pixels
-    are those :func:`write_image` would store for the stacked bands; ``grayscale`` as there.
+
+def write_bands(path: str | Path, width: int, height: int, bands: Iterable[tuple[int, np.ndarray]],
+                alpha: np.ndarray | None = None, icc_profile: bytes | None = None,
+                grayscale: bool = False, quality: int = 95) -> None:
+    """Write a PNG or JPEG from consecutive ``(row, uint8 RGB band)`` pairs as they come, atomically.
+
+    Only a band or two is in memory at a time (``alpha``, if given, is the whole HxW plane; JPEG
+    drops it, as :func:`write_image` does). The pixels are those :func:`write_image` would store
+    for the stacked bands (for JPEG: the same decoded pixels); ``grayscale`` as there.
     """
     path = Path(path)
+    fmt = output_format(path)
+    if fmt not in STREAMED_FORMATS:
+        raise ValueError(f"{path}: {fmt} is not written band by band")
     check_writable(path)
+    alpha = alpha if fmt == "PNG" else None
     channels = (1 if grayscale else 3) + (alpha is not None)
+    icc = None if grayscale else icc_profile  # an RGB profile does not describe gray pixels
 
     def pixels(row: int, band: np.ndarray) -> np.ndarray:
         planes = [_gray(band)[..., None] if grayscale else band]
@@ -194,10 +204,14 @@ def write_png_bands(path: str | Path, width: int, height: int, bands: Iterable[t
         return np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0]
 
     try:
-        # One encoder thread: band k is filtered and deflated (zlib releases the GIL) while the
-        # model computes band k + 1; at most one band waits, so memory stays two bands.
+        # One encoder thread: band k is filtered and deflated (PNG) or DCT-coded (JPEG) while the
+        # model computes band k + 1 (zlib and Pillow's encoder release the GIL); at most one band
+        # waits, so memory stays two bands.
         with atomic_path(path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(1) as encoder:
-            png = PNGStreamWriter(f, width, height, channels, None if grayscale else icc_profile)
+            if fmt == "PNG":
+                writer = PNGStreamWriter(f, width, height, channels, icc)
+            else:
+                writer = JPEGStreamWriter(f, width, height, channels, quality, icc)
             pending, expected = None, 0
             for row, band in bands:
                 if row != expected:
@@ -205,10 +219,10 @@ def write_png_bands(path: str | Path, width: int, height: int, bands: Iterable[t
                 expected += len(band)
                 if pending is not None:
                     pending.result()
-                pending = encoder.submit(png.write, pixels(row, band))
+                pending = encoder.submit(writer.write, pixels(row, band))
             if pending is not None:
                 pending.result()
-            png.close()
+            writer.close()
     except OSError as err:
         raise ImageError(f"{path}: cannot write ({str(err).splitlines()[0]})") from None
 
