@@ -15,7 +15,7 @@ from quantir.export.runtime import load_runtime
 from quantir.models import create_model, reparameterize_model
 from quantir.quant.api import convert, prepare_qat, refresh_weight_qparams, set_phase
 from quantir.quant.config import QuantConfig
-from tests.conftest import ONNX_INT8_EXACT, ONNX_NOT_EXACT_REASON, UNET_TFLITE_LSB, natural_image
+from tests.conftest import natural_image
 
 MODELS = {"mobileone_sr": {"channels": 8, "blocks": 2, "branches": 2}, "abpn": {},
           "qatie_unet_int8": {"channels": 8}, "edsr_baseline": {"channels": 8, "res_blocks": 2},  # x4: two d2s
@@ -93,18 +93,13 @@ def test_artifacts_exist_all_int8_and_bit_exact(exported):
     for backend in ("tflite", "onnx"):
         r = parity[backend]
         assert r["io_dtype"] == "int8 -> int8"
-        if backend == "onnx" and ONNX_INT8_EXACT:
-            assert r["max_lsb"] == 0, (backend, r)
-        if backend == "tflite":  # SR nets: 0 on every CPU; the U-Net: 0 on VNNI CPUs (see tests/conftest.py)
-            assert r["max_lsb"] <= (0 if qmodel.info.is_sr else UNET_TFLITE_LSB), (backend, r)
+        assert r["max_lsb"] == 0, (backend, r)
     islands = FLOAT_ISLANDS.get(name, set())
     assert set(parity["tflite"]["non_int8_ops"]) == islands and parity["tflite"]["all_int8"] == (not islands)
     assert parity["onnx"]["all_int8"] == (not islands)
     io = tg.io_details(tg.read((out / "model_int8.tflite").read_bytes()))
     assert io["inputs"][0]["dtype"] == "int8" and io["inputs"][0]["shape"] == [1, -1, -1, 3]
     assert io["inputs"][0]["zero_point"] == -128
-    if not ONNX_INT8_EXACT:
-        pytest.skip(f"ONNX parity measured ({parity['onnx']['max_lsb']} LSB) but not asserted: {ONNX_NOT_EXACT_REASON}")
 
 
 def test_sr_upsampler_is_one_depth_to_space(exported):
@@ -142,7 +137,7 @@ def test_eval_cli_on_artifacts_matches_fake_quant(exported, tmp_path):
     for k in range(3):
         Image.fromarray(natural_image(48, 60, seed=70 + k)).save(data / f"p{k}.png")
     fq = evaluate(partial(run_uint8, qmodel), info.eval_pairs(data), border=info.border)
-    for art in ("model_int8.tflite", "model_int8.onnx") if ONNX_INT8_EXACT else ("model_int8.tflite",):
+    for art in ("model_int8.tflite", "model_int8.onnx"):
         js = tmp_path / f"{art}.json"
         scale = ["--scale", str(info.scale)] if info.is_sr else []
         assert main(["eval", str(out / art), "--data", str(data), "--task", info.task.value, *scale,

@@ -7,7 +7,6 @@ import torch
 
 from quantir.cli import main
 from quantir.export import tflite_graph as tg
-from tests.conftest import ONNX_INT8_EXACT
 from tests.fixtures import user_nets
 
 FIXTURES = "tests/fixtures/user_nets.py"
@@ -52,8 +51,7 @@ def test_every_op_int8_and_bit_exact(quantized):
     assert parity["tflite"]["all_int8"] and parity["tflite"]["non_int8_ops"] == []
     assert parity["tflite"]["max_lsb"] == 0, parity["tflite"]
     assert parity["onnx"]["all_int8"]
-    if ONNX_INT8_EXACT:
-        assert parity["onnx"]["max_lsb"] == 0, parity["onnx"]
+    assert parity["onnx"]["max_lsb"] == 0, parity["onnx"]
 
 
 def test_pixel_shuffle_is_one_depth_to_space_and_shapes_stay_dynamic(quantized):

@@ -72,12 +72,12 @@ class PNGStreamWriter:
         if not len(rows):
             return
         flat = rows.reshape(len(rows), -1)
-        above = np.empty_like(flat)
-        above[0] = self._prev if self._prev is not None else 0
-        above[1:] = flat[:-1]
         filtered = np.empty((len(flat), flat.shape[1] + 1), np.uint8)
         filtered[:, 0] = FILTER_UP
-        np.subtract(flat, above, out=filtered[:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+        # uint8 arithmetic wraps modulo 256, as PNG wants; row 0 differs from the previous band's last
+        prev = self._prev if self._prev is not None else np.zeros_like(flat[0])
+        np.subtract(flat[0], prev, out=filtered[0, 1:])
+        np.subtract(flat[1:], flat[:-1], out=filtered[1:, 1:])
         self._prev = flat[-1].copy()
         self.rows_done += len(rows)
         self._emit(self._deflate.compress(filtered.data))
