@@ -46,7 +46,10 @@ LAYOUTS = {"full": ("fully k-bit", {}),
            "conv-float": ("paper: conv inputs only, head/tail/upsampler float",
                           {"keep": {"mode": "float"}, "act_scope": "conv_inputs"}),
            "conv-8bit": ("paper: conv inputs only, head/tail/upsampler 8-bit",
-                         {"keep": {"mode": "8bit"}, "act_scope": "conv_inputs"})}
+                         {"keep": {"mode": "8bit"}, "act_scope": "conv_inputs"}),
+           # and the paper's activation-range start (papers.md 2.3: the 1st/99th percentiles)
+           "paper-float": ("paper: conv inputs only, float head/tail/upsampler, p1-p99 ranges",
+                           {"keep": {"mode": "float"}, "act_scope": "conv_inputs", "act_percentile": 99.0})}
 ORDERINGS = {"WCC helps: (c) > (a)": ("c", "a"), "cooperative MR helps: (b) > (a)": ("b", "a"),
              "cooperative beats naive: (e) > (d)": ("e", "d"), "ODM beats baseline: (e) > (a)": ("e", "a")}
 
