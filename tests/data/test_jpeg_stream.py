@@ -5,7 +5,6 @@ import pytest
 from PIL import Image, ImageCms
 
 from quantir.data import jpeg_stream
-from quantir.data.io import write_bands, write_image
 from quantir.data.jpeg_stream import JPEGStreamWriter, jpeg_params
 from tests.conftest import natural_image
 
@@ -60,14 +59,3 @@ def test_icc_profile_and_row_checks():
         jpg.write(np.zeros((2, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="needs 3 rows, got 2"):
         jpg.close()
-
-
-@pytest.mark.parametrize("gray", [False, True])
-def test_write_bands_jpeg_equals_write_image(tmp_path, gray):
-    rgb = natural_image(300, 41)
-    alpha = np.full((300, 41), 7, np.uint8)  # JPEG has no alpha: dropped by both
-    write_image(tmp_path / "whole.jpg", rgb, alpha=alpha, grayscale=gray)
-    bands = [(0, rgb[:7]), (7, rgb[7:8]), (8, rgb[8:])]
-    write_bands(tmp_path / "bands.jpg", 41, 300, iter(bands), alpha=alpha, grayscale=gray)
-    a, b = Image.open(tmp_path / "whole.jpg"), Image.open(tmp_path / "bands.jpg")
-    assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))

@@ -50,14 +50,16 @@ def test_wrong_row_counts_and_shapes_are_refused():
         png.close()
 
 
+@pytest.mark.parametrize("ext", [".png", ".jpg"])  # JPEG: 300 rows span two 256-row strips
 @pytest.mark.parametrize("gray", [False, True])
-def test_write_bands_equals_write_image(tmp_path, gray):
-    rgb = natural_image(30, 41)
-    alpha = np.linspace(0, 255, 30 * 41).reshape(30, 41).astype(np.uint8)
-    write_image(tmp_path / "whole.png", rgb, alpha=alpha, grayscale=gray)
+def test_write_bands_equals_write_image(tmp_path, gray, ext):
+    h = 30 if ext == ".png" else 300
+    rgb = natural_image(h, 41)
+    alpha = np.linspace(0, 255, h * 41).reshape(h, 41).astype(np.uint8)  # JPEG has none: dropped by both
+    write_image(tmp_path / f"whole{ext}", rgb, alpha=alpha, grayscale=gray)
     bands = [(0, rgb[:7]), (7, rgb[7:8]), (8, rgb[8:])]
-    write_bands(tmp_path / "bands.png", 41, 30, iter(bands), alpha=alpha, grayscale=gray)
-    a, b = Image.open(tmp_path / "whole.png"), Image.open(tmp_path / "bands.png")
+    write_bands(tmp_path / f"bands{ext}", 41, h, iter(bands), alpha=alpha, grayscale=gray)
+    a, b = Image.open(tmp_path / f"whole{ext}"), Image.open(tmp_path / f"bands{ext}")
     assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))
 
 

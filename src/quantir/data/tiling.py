@@ -17,6 +17,19 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 
+def exact_overlap(radius: int | None, default: int, default_margin: int | None) -> tuple[int, int | None]:
+    """(overlap, margin) for a model of receptive-field ``radius`` (input px; ``None``: unknown).
+
+    Where the radius is known and twice it is no wider than ``default``, tiles overlap by exactly
+    2 x radius and meet at a hard cut in the middle (margin = radius): every output pixel comes from
+    a tile that holds its whole receptive field, so the result is the untiled run bit for bit, with
+    the least recomputation. Otherwise ``(default, default_margin)``.
+    """
+    if radius is not None and 2 * radius <= default:
+        return 2 * radius, radius
+    return default, default_margin
+
+
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Tile origins along one axis: as few tiles as keep every overlap >= ``overlap``, evenly spaced.
 

@@ -3,7 +3,7 @@
 Tiles of a convolutional model agree exactly with the whole-image run when each output pixel is
 taken from a tile that holds its whole receptive field, so the photo path's tile overlap only has
 to be twice this radius (the built-in x3 net: 10 input px, where a fixed 32-px overlap computed
-13 % more pixels for nothing on a 12 MP photo). The radius is derived from the ops, never probed
+about 10 % more pixels for nothing on a 12 MP photo). The radius is derived from the ops, never probed
 on pixels: an INT8 model can swallow a small probe, which would understate it.
 
 Every tensor gets (radius, step): an upper bound on how many input pixels either side of its

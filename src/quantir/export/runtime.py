@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from quantir.data.task import ModelInfo
-from quantir.data.tiling import tiled_apply
+from quantir.data.tiling import exact_overlap, tiled_apply
 from quantir.errors import ConfigError, ModelFileError
 from quantir.export.receptive_field import tflite_radius
 from quantir.utils import silence_stderr
@@ -117,9 +117,7 @@ class Runtime:
         fh, fw = self.fixed_hw
         if img.shape[0] <= fh and img.shape[1] <= fw:
             return self._run_padded(img, (fh, fw))
-        overlap, margin = min(32, fh // 4, fw // 4), None
-        if self.radius is not None and 2 * self.radius <= overlap:
-            overlap, margin = 2 * self.radius, self.radius  # a hard cut: exact, and less overlap
+        overlap, margin = exact_overlap(self.radius, min(32, fh // 4, fw // 4), None)
         return tiled_apply(img, lambda t: self._run_padded(t, (fh, fw)), scale=self.scale, tile=(fh, fw),
                            overlap=overlap, margin=margin)
 

@@ -41,6 +41,7 @@ from quantir.quant.rewrite import add_constant  # rank 4 like the image tensors:
 aten = torch.ops.aten
 
 COMPUTE_OPS = {aten.conv2d.default, aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, aten.linear.default}
+WEIGHTED_OPS = (aten.conv2d.default, aten.linear.default)  # the layers with weights (and kept-layer rules)
 FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default}
 SHARED_OPS = {
     aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.permute.default, aten.view.default,
@@ -306,16 +307,20 @@ class FullIntQuantizer(Quantizer):
         """The ODM lineage's simulation: a quantizer on each conv's input edge and on its weights,
         nothing else; a kept layer takes the kept specs (none in float mode, 8 bits in "8bit")."""
         for n in model.graph.nodes:
-            if n.op != "call_function" or n.target not in (aten.conv2d.default, aten.linear.default) or _marked(n):
+            if n.op != "call_function" or n.target not in WEIGHTED_OPS or _marked(n):
                 continue
-            kept = n in self._kept
-            act_spec = self.kept_act_spec if kept else self.act_spec
-            weight_spec = self.kept_weight_spec if kept else self.weight_spec
+            act_spec, weight_spec = self._layer_specs(n)
             inputs = {n.args[0]: act_spec} if act_spec is not None else {}
             if weight_spec is not None:
                 inputs[n.args[1]] = weight_spec
             _mark(n, inputs, None)
         return model
+
+    def _layer_specs(self, n: Node) -> tuple:
+        """(activation, weight) specs of a layer: the kept ones for a kept layer (KeepLayers)."""
+        if n in self._kept:
+            return self.kept_act_spec, self.kept_weight_spec
+        return self.act_spec, self.weight_spec
 
     def _from_kept(self, inp: Node) -> bool:
         """Whether ``inp`` is the output of a kept layer (through its fused activation)."""
@@ -331,14 +336,13 @@ class FullIntQuantizer(Quantizer):
         inputs = {}
         tensor_args = [a for a in n.args if _is_tensor_node(a)]
         kept = n in self._kept
-        act_spec = self.kept_act_spec if kept else self.act_spec
-        if n.target in (aten.conv2d.default, aten.linear.default):
+        act_spec, weight_spec = self._layer_specs(n)
+        if n.target in WEIGHTED_OPS:
             act, weight = n.args[0], n.args[1]
             if not (kept and act_spec is None and act in self._float):  # float -> float: no quantizer between
                 # A k-bit layer reading a kept layer's output requantizes it to k bits on that edge
                 # (the ODM lineage quantizes every body conv's input, the first one's included).
                 inputs[act] = self.act_spec if not kept and self._from_kept(act) else self._input_spec(act)
-            weight_spec = self.kept_weight_spec if kept else self.weight_spec
             if weight_spec is not None:
                 inputs[weight] = weight_spec
         else:
