@@ -25,6 +25,7 @@ class TorchPredictor:
     """uint8 -> uint8 predictor over a float or fake-quant checkpoint, with the runtimes' interface."""
 
     backend = "torch"
+    radius: int | None = None  # receptive field not read from a torch graph: the photo path's default overlap
 
     def __init__(self, model, path: Path):
         self.model, self.path, self.info = model, path, model.info
