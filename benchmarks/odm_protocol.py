@@ -119,7 +119,11 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=["8bit"])
     ap.add_argument("--rows", nargs="+", choices=list("abcde"), default=list("abcde"), help="table 2's rows")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="run seeds FIRST..SEEDS-1 only (the others in another process); a later call "
+                         "without it reuses every finished run")
     ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--lr", type=float, default=1.0e-4, help="QAT peak learning rate (cosine to 1e-6)")
     ap.add_argument("--out", default="runs/odm_protocol")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="odm_protocol", help="name of the JSON and plot written under --out")
@@ -149,11 +153,12 @@ def main() -> None:
                 group = f"{spec['model']} | W{bits}A{bits} | {name}"
                 for letter, row in rows.items():
                     per_seed = []
-                    for seed in range(a.seeds):
+                    for seed in range(a.first_seed, a.seeds):
                         base = _qat_base(spec, dict(VARIANTS[row], **keep), bits, a.steps, patch=32)
                         base["model_options"] = options
                         base["scale"] = int(options.get("scale", 3))
                         base["seed"] = seed
+                        base["qat"]["train"]["lr"] = a.lr
                         run_dir = root / f"w{bits}" / layout / f"{letter}_s{seed}"
                         print(f"[odm-protocol] {group} {row} seed {seed}", flush=True)
                         ev = run_training(make_config(settings, "sr", base), run_dir, init=init)["eval"]
@@ -166,11 +171,11 @@ def main() -> None:
     for key in {k.rsplit(" | ", 1)[0] for k in results}:
         got = {r[1]: results[f"{key} | {r}"]["psnr_rgb"] for r in rows.values() if f"{key} | {r}" in results}
         verdicts[key] = {o: verdict(got[x], got[y]) for o, (x, y) in ORDERINGS.items() if x in got and y in got}
-    out = {"inits": inits, "steps": a.steps, "seeds": a.seeds, "reference": refs, "results": results,
+    out = {"inits": inits, "steps": a.steps, "lr": a.lr, "seeds": a.seeds, "reference": refs, "results": results,
            "verdicts": verdicts}
     (settings.out / f"{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     plot_curves(curves, settings.out / f"{a.tag}_curves.png")
-    print(f"\n{a.seeds} seeds x {a.steps} QAT steps; PSNR RGB / Y (shave = scale) on the evaluation photos")
+    print(f"\n{a.seeds} seeds x {a.steps} QAT steps at lr {a.lr:g}; PSNR RGB / Y (shave = scale) on the evaluation photos")
     for net, ref in refs.items():
         bic, fp = ref["bicubic"], ref["FP32"]
         print(f"- {net}: bicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, "

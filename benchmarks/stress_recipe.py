@@ -1,13 +1,16 @@
 """Issue 15's recipe, one step at a time: INT8 minus FP32 on the stress photos.
 
-From one FP32 model, the QAT-only preset configs/sr_x3_mobileone_qat.yaml runs as shipped and with
-one step changed; each run exports its INT8 TFLite. The gap INT8 TFLite - FP32 (PSNR-RGB, no
+From one FP32 model, the QAT stage of a preset (``--preset``, default the QAT-only preset
+configs/sr_x3_mobileone_qat.yaml; its FP32 stages are switched off) runs as shipped and with one
+step changed; each run exports its INT8 TFLite. The gap INT8 TFLite - FP32 (PSNR-RGB, no
 shave) is measured on the stress photos' validation split (``stress_val``: the only split any
 choice is made on), on the stress evaluation split (``stress``: reported, never selected on) and
 on the usual evaluation photos. The step whose stress_val gap is best is the recipe's choice;
 its stress gap is the number to quote.
 
     python benchmarks/stress_recipe.py --init FP32_CHECKPOINT --out runs/stress_recipe
+    python benchmarks/stress_recipe.py --preset configs/sr_x3_mobileone_quick.yaml \
+        --init runs/quick_fp32/checkpoints/deploy_fp32.safetensors --variants 0 9 --out runs/stress_recipe_quick
 
 Needs `quantir data fetch samples --out data/samples --sets train train-ext eval stress stress-val`.
 """
@@ -30,7 +33,7 @@ from quantir.train.config import TrainConfig
 PRESET = ROOT / "configs" / "sr_x3_mobileone_qat.yaml"
 SAMPLES = ROOT / "data" / "samples"
 VARIANTS = {
-    "preset (500 QAT steps, KD + 0.1 L1)": {},
+    "preset as shipped": {},
     "+ distillation also on train-ext photos": {"data": {"extra_train_dirs": [str(SAMPLES / "train_ext")]}},
     "ranges learned longer (1000 steps, frozen at 95 %)": {"qat": {"train": {"steps": 1000}, "freeze_ranges_at": 0.95}},
     "pure distillation (L1 weight 0)": {"qat": {"train": {"loss": {"l1": 0.0}}}},
@@ -42,7 +45,17 @@ VARIANTS = {
     "combined: ranges longer + lr x5 + equalization 0.5 + train-ext": {
         "data": {"extra_train_dirs": [str(SAMPLES / "train_ext")]},
         "qat": {"train": {"steps": 1000, "lr": 1.0e-4}, "freeze_ranges_at": 0.95, "equalize_skip": 0.5}},
+    # Anchor nets only (the quick preset): the last conv's residual with a learned range of its own,
+    # as before QuantConfig.residual_on_output_grid (the paper architecture has no anchor: no change).
+    "residual with a learned range (not on the output grid)": {"qat": {"quant": {"residual_on_output_grid": False}}},
+    # Keep the QAT weights near the FP32 model everywhere: distillation only, on every unlabelled photo.
+    "pure distillation on train + train-ext photos": {"data": {"extra_train_dirs": [str(SAMPLES / "train_ext")]},
+                                                     "qat": {"train": {"loss": {"l1": 0.0}}}},
+    # The combination without the extra photos (what a preset can use with the default sample sets):
+    "combined without train-ext: ranges longer + lr x5 + equalization 0.5": {
+        "qat": {"train": {"steps": 1000, "lr": 1.0e-4}, "freeze_ranges_at": 0.95, "equalize_skip": 0.5}},
 }
+QAT_ONLY = {"teacher": {"enabled": False}, "stage1": {"enabled": False}, "stage2": {"enabled": False}}
 
 
 def gap(a: dict, b: dict) -> float:
@@ -52,6 +65,7 @@ def gap(a: dict, b: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--init", required=True, help="FP32 checkpoint or state_dict of the preset's model")
+    ap.add_argument("--preset", default=str(PRESET), help="YAML preset whose QAT stage runs (FP32 stages off)")
     ap.add_argument("--out", default="runs/stress_recipe")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", type=int, help="indices into the variant list (default: all)")
@@ -64,8 +78,8 @@ def main() -> None:
     for k, label in enumerate(chosen):
         overrides = config_io.merge({"threads": a.threads, "data": {"train_dir": str(SAMPLES / "train"),
                                      "eval_dir": str(SAMPLES / "eval"), "stress_dir": str(SAMPLES / "stress")}},
-                                    VARIANTS[label])
-        cfg = config_io.load(TrainConfig, PRESET, overrides)
+                                    config_io.merge(QAT_ONLY, VARIANTS[label]))
+        cfg = config_io.load(TrainConfig, a.preset, overrides)
         run_dir = Path(a.out) / f"v{list(VARIANTS).index(label)}"
         print(f"[stress-recipe] {label}", flush=True)
         res = run_training(cfg, run_dir, init=a.init)
@@ -79,7 +93,7 @@ def main() -> None:
         row["parity"] = res["parity"]
         rows[label] = row
     best = max(rows, key=lambda r: rows[r]["stress_val"])
-    out = {"init": a.init, "rows": rows, "selected_on_stress_val": best}
+    out = {"preset": a.preset, "init": a.init, "rows": rows, "selected_on_stress_val": best}
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "stress_recipe.json").write_text(json.dumps(out, indent=2) + "\n")
     print("\n| step | INT8 - FP32 stress_val (select) | stress (report) | eval | FP32 stress / eval |\n"

@@ -46,6 +46,7 @@ def test_tiny_run_produces_all_files(make_config, tmp_path, task):
     report = (out / "report.md").read_text()
     assert "INT8 TFLite" in report and "curves.png" in report
     assert "## Stress photos (1 images" in report and "INT8 TFLite - FP32:" in report
+    assert "model_card.md, model_float.tflite, model_int8.onnx, model_int8.tflite, parity.json" in report
     stages = {r[0] for r in _rows(out)}
     assert {"stage1", "qat"} <= stages
 
@@ -106,6 +107,7 @@ def test_init_from_deploy_checkpoint_runs_qat_directly(make_config, tmp_path):
     assert code == 0
     assert not (second / "checkpoints" / "stage1_last.safetensors").exists()
     assert (second / "checkpoints" / "qat_final.safetensors").is_file()
+    assert "No INT8 artifacts (export off)" in (second / "report.md").read_text()  # none claimed
 
 
 def test_resume_refuses_a_different_config(make_config, tmp_path, capsys):

@@ -154,7 +154,8 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
     if config.keep.mode == "8bit":
         kept = _specs(dataclasses.replace(config, act_bits=8, weight_bits=8), learnable and config.learn_act_ranges)
     quantizer = FullIntQuantizer(act, weight, IOQuant(scale=info.io_scale, zero_point=IO_ZERO_POINT),
-                                 keep=config.keep, kept_specs=kept, conv_inputs_only=config.act_scope == "conv_inputs")
+                                 keep=config.keep, kept_specs=kept, conv_inputs_only=config.act_scope == "conv_inputs",
+                                 align_residual=config.residual_on_output_grid and config.act_bits == 8)
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
     if config.exact_conv:
         emulate_integer_convs(graph, elementwise=config.exportable)

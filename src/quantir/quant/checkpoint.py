@@ -211,7 +211,11 @@ def build_qat(record: dict, what: str = "checkpoint") -> QuantizedModel:
     options = {k: v for k, v in record["model_cfg"].items() if k != "deploy"}  # deploy: create_model's own argument
     model = create_model(record["model_name"], deploy=True, **options)
     h, w = record["example_hw"]
-    qcfg = from_dict(QuantConfig, record["quant_config"])
+    saved = dict(record["quant_config"])
+    # Written before the anchor residual took the output grid (QuantConfig.residual_on_output_grid):
+    # trained with a learned residual range, so rebuilt with one.
+    saved.setdefault("residual_on_output_grid", False)
+    qcfg = from_dict(QuantConfig, saved)
     qmodel = prepare_qat(model, torch.zeros(2, 3, h, w), qcfg)
     set_phase(qmodel, Phase.FREEZE)  # before loading, so no observer range replaces the learned ones
     _load_state(qmodel, record["state_dict"], what, ignore=(".sample",))

@@ -101,6 +101,11 @@ class QuantConfig:
     # "conv_inputs": only the input of each conv (and its weights): the ODM lineage's simulation
     # (PAMS/DAQ/AdaBM's QConv2d), where residual adds, skips and the output stay float; not exportable.
     act_scope: Literal["all", "conv_inputs"] = "all"
+    # An image-space anchor net's last conv (output = clamp(conv + repeated input)) gets the
+    # output's scale and zero point 0 instead of a learned range, so its add is an exact integer
+    # add and the output is rounded once, as a float model's uint8 output (quant/quantizer.py).
+    # Only at 8-bit activations: the low-bit tables keep their k-bit residual.
+    residual_on_output_grid: bool = True
 
     def __post_init__(self):
         check_choices(self)

@@ -14,6 +14,12 @@ Rules (TFLite's int8 spec, which onnxruntime's QDQ kernels follow too):
 * tanh and sigmoid get TFLite's fixed output qparams (1/128, 0) and (1/256, -128);
 * the graph input and the tensor reaching the graph output use the model's declared I/O
   quantization (e.g. scale 1, zero point -128 for 0..255 pixels), so the artifact has int8 I/O;
+* an add that forms the output from the input image through shared-qparams ops only (an
+  image-space anchor: ABPN's repeated input, a resized input) and a conv's residual puts that residual on the output's grid
+  (the output scale, zero point 0; ``align_residual``): the add is then an exact integer add and
+  the output is rounded once, as an FP32 model's uint8 output is; with a range of its own the
+  residual would be rounded twice (measured: the largest INT8 loss of the anchor nets on smooth
+  photos, BENCHMARKS "Residual on the output grid");
 * a clamp that only restates the I/O range (``clamp(x, 0, 255)`` before a 0..255 output) is
   removed from the quantized graph: quantizing to that range already clamps, bit for bit.
 """
@@ -95,6 +101,25 @@ def _marked(n: Node) -> bool:
 def _fixed_spec(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
     return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=INT8_MIN,
                                         quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
+
+
+def _on_input_grid(t: Node) -> bool:
+    """True when ``t`` is the graph input through shared-qparams ops only (repeat, reshape, nearest or
+    bilinear resize...): its int8 codes lie on the input's grid (same scale and zero point)."""
+    while True:
+        if t.op == "placeholder":
+            return True
+        if t.op != "call_function":
+            return False
+        if t.target in CAT_OPS:  # the anchor: one tensor repeated along channels keeps its qparams
+            sources = {a for a in t.args[0] if _is_tensor_node(a)}
+            if len(sources) != 1:
+                return False
+            t = sources.pop()
+        elif t.target in SHARED_OPS - FUSABLE_ACTIVATIONS - CLAMP_OPS and _is_tensor_node(t.args[0]):
+            t = t.args[0]
+        else:
+            return False
 
 
 def _needs_requantization(t: Node) -> bool:
@@ -205,13 +230,17 @@ class FullIntQuantizer(Quantizer):
     """Annotates every tensor op of an exported image model for full-integer int8 execution."""
 
     def __init__(self, act_spec: QuantizationSpec, weight_spec: QuantizationSpec, io: IOQuant,
-                 keep: KeepLayers = KeepLayers(), kept_specs: tuple = (None, None), conv_inputs_only: bool = False):
+                 keep: KeepLayers = KeepLayers(), kept_specs: tuple = (None, None), conv_inputs_only: bool = False,
+                 align_residual: bool = False):
         """``keep`` picks layers whose weights and output use ``kept_specs`` = (act, weight) instead
         (8-bit specs, or None for float in simulation): the low-bit protocol of quant/config.py.
-        ``conv_inputs_only``: quantize only conv inputs and weights (``QuantConfig.act_scope``)."""
+        ``conv_inputs_only``: quantize only conv inputs and weights (``QuantConfig.act_scope``).
+        ``align_residual``: a conv residual added to the input image to form the output takes
+        the output's grid (``QuantConfig.residual_on_output_grid``)."""
         super().__init__()
         self.act_spec, self.weight_spec, self.io = act_spec, weight_spec, io
-        self.conv_inputs_only = conv_inputs_only
+        self.conv_inputs_only, self.align_residual = conv_inputs_only, align_residual
+        self._aligned: set = set()
         self.keep, (self.kept_act_spec, self.kept_weight_spec) = keep, kept_specs
         self._kept: set = set()
         self._float: set = set()  # nodes whose output stays float (after layers kept in float)
@@ -258,6 +287,7 @@ class FullIntQuantizer(Quantizer):
             return self._annotate_conv_inputs(model)
         output_roots = self._output_roots(graph)
         self._out_spec = lambda node: io_spec if node in output_roots else None
+        self._aligned = self._grid_residuals(output_roots) if self.align_residual else set()
         for n in graph.nodes:
             if n.op != "call_function" or _marked(n):
                 continue
@@ -359,6 +389,8 @@ class FullIntQuantizer(Quantizer):
             # Only kept layers read it (the last body output into the tail/upsampler): it is their
             # input, so it takes their precision, as in the ODM lineage, where the tail reads float.
             act_spec = self.kept_act_spec
+        if n in self._aligned:
+            act_spec = _fixed_spec(self.io.scale, 0)
         if fused:
             _mark(n, inputs, None)
             relu = users[0]
@@ -378,6 +410,24 @@ class FullIntQuantizer(Quantizer):
             return
         inputs = {t: SharedQuantizationSpec(n) for t in tensors}
         _mark(n, inputs, out_spec or self.act_spec)
+
+    def _grid_residuals(self, output_roots: set) -> set:
+        """Convs whose output, added to the input image (through layout ops only), is the model output.
+
+        On the output's grid (its scale, zero point 0) ``round(r) + a`` is the add, exactly, and
+        ``round(r + a)`` for the integer codes ``a`` of the input: one rounding, as in float.
+        """
+        aligned = set()
+        for n in output_roots:
+            if n.op != "call_function" or n.target is not aten.add.Tensor or len(n.args) < 2:
+                continue
+            a, b = n.args[0], n.args[1]
+            for grid, residual in ((a, b), (b, a)):
+                if (_is_tensor_node(grid) and _is_tensor_node(residual) and _on_input_grid(grid)
+                        and residual.op == "call_function" and residual.target in WEIGHTED_OPS
+                        and len(residual.users) == 1 and residual not in self._kept):
+                    aligned.add(residual)
+        return aligned
 
     @staticmethod
     def _output_roots(graph) -> set:

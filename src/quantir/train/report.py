@@ -121,8 +121,11 @@ def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | 
     if t:
         lines += ["## Wall-clock time", "", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in t.items()] + [""]
-    lines += ["Artifacts: `export/` (model_int8.tflite, model_int8.onnx, model_float.tflite, parity.json, "
-              "model_card.md). Resolved config: `config.yaml`. Per-step metrics: `metrics.csv`.", ""]
+    export_dir = run_dir / "export"
+    shipped = sorted(p.name for p in export_dir.iterdir() if p.is_file()) if export_dir.is_dir() else []
+    # name what is there: a run with export (or QAT) switched off has no export/ folder
+    lines += [(f"Artifacts: `export/` ({', '.join(shipped)}). " if shipped else "No INT8 artifacts (export off). ")
+              + "Resolved config: `config.yaml`. Per-step metrics: `metrics.csv`.", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
 

@@ -1,0 +1,93 @@
+"""An anchor net's residual sits on the output grid, so its add is an integer add: one rounding."""
+
+import numpy as np
+import pytest
+import torch
+from torchao.quantization.pt2e.fake_quantize import FixedQParamsFakeQuantize
+
+from quantir.data.resize import downscale
+from quantir.export import tflite as tfe
+from quantir.export import tflite_graph as tg
+from quantir.export.runtime import load_runtime
+from quantir.models import create_model, reparameterize_model
+from quantir.models.apply import run_uint8
+from quantir.quant import checkpoint
+from quantir.quant.api import convert, prepare_qat, set_phase
+from quantir.quant.config import QuantConfig
+from quantir.quant.fake_quant import ActFakeQuantize
+from tests.conftest import natural_image
+
+
+def _qat(aligned: bool, model=None):
+    torch.manual_seed(0)
+    model = model or create_model("mobileone_sr_anchor", channels=8, blocks=2, branches=2).eval()
+    x = torch.from_numpy(np.stack([downscale(natural_image(48, 48, seed=k), 3) for k in range(4)]))
+    x = x.permute(0, 3, 1, 2).float()
+    q = prepare_qat(model, x[:1], QuantConfig(residual_on_output_grid=aligned))
+    with torch.no_grad():
+        q(x)
+    set_phase(q, "learn")
+    opt = torch.optim.Adam(q.parameters(), 1e-3)
+    for _ in range(3):  # the learned ranges move: an unaligned residual leaves the grid
+        loss = (q(x) - torch.nn.functional.interpolate(x, scale_factor=3)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    set_phase(q, "freeze")
+    return q.eval()
+
+
+def _output_add(path) -> tuple[list, tuple]:
+    """(qparams of the inputs, qparams of the output) of the last ADD of a TFLite file."""
+    model = tg.read(path.read_bytes())
+    sg = model.subgraphs[0]
+    add = [op for op in sg.operators if tg.op_name(model, op) == "ADD"][-1]
+    qp = lambda i: (float(sg.tensors[i].quantization.scale[0]), int(sg.tensors[i].quantization.zeroPoint[0]))
+    return [qp(i) for i in add.inputs], qp(add.outputs[0])
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_anchor_residual_takes_the_output_grid(aligned, tmp_path):
+    q = _qat(aligned)
+    path = tmp_path / "sr.tflite"
+    tfe.export_int8(convert(q), path, {"task": "sr", "scale": 3, "pixel_max": 255.0})
+    inputs, output = _output_add(path)
+    assert output == (1.0, -128)
+    inputs.remove((1.0, -128))  # the anchor: the input's codes, repeated
+    (residual,) = inputs
+    if aligned:  # the residual at the output's scale, zero point 0: code sum = output code
+        assert residual == (1.0, 0)
+    else:  # a range of its own: the add requantizes, a second rounding
+        assert residual[0] != 1.0
+    img = downscale(natural_image(60, 72, seed=9), 3)
+    assert np.array_equal(load_runtime(path).run(img), run_uint8(q, img))  # still 0 LSB
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_residual_grid_only_for_eight_bit_activations(bits):
+    """The low-bit simulations keep their learned k-bit residual (BENCHMARKS' ODM tables are unchanged)."""
+    torch.manual_seed(0)
+    q = prepare_qat(create_model("abpn").eval(), torch.rand(1, 3, 12, 12) * 255,
+                    QuantConfig(act_bits=bits, weight_bits=bits))
+    g = q.graph_module
+    add = [n for n in g.graph.nodes if n.op == "call_function" and "add" in str(n.target)][-1]  # the anchor add
+    (residual,) = [a for a in add.args if getattr(a, "op", None) == "call_module"
+                   and a.args[0].target is not torch.ops.aten.cat.default]
+    quantizer = getattr(g, residual.target)
+    if bits == 8:
+        assert isinstance(quantizer, FixedQParamsFakeQuantize)
+        assert (float(quantizer.scale), int(quantizer.zero_point)) == (1.0, 0)
+    else:
+        assert isinstance(quantizer, ActFakeQuantize)  # a range of its own, observed then learned
+
+
+def test_checkpoint_from_before_the_rule_rebuilds_with_its_learned_residual_range():
+    """A QAT checkpoint without the key was trained with a residual range of its own: rebuilt so."""
+    model = reparameterize_model(create_model("mobileone_sr_anchor", channels=8, blocks=2, branches=2)).eval()
+    q = _qat(False, model)
+    record = checkpoint.qat_record(q, (16, 16), model)
+    del record["quant_config"]["residual_on_output_grid"]
+    rebuilt = checkpoint.build_qat(record)
+    x = torch.rand(1, 3, 20, 24) * 255
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), q(x))
