@@ -175,7 +175,8 @@ def main() -> None:
            "verdicts": verdicts}
     (settings.out / f"{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     plot_curves(curves, settings.out / f"{a.tag}_curves.png")
-    print(f"\n{a.seeds} seeds x {a.steps} QAT steps at lr {a.lr:g}; PSNR RGB / Y (shave = scale) on the evaluation photos")
+    print(f"\n{a.seeds} seeds x {a.steps} QAT steps at lr {a.lr:g}; "
+          "PSNR RGB / Y (shave = scale) on the evaluation photos")
     for net, ref in refs.items():
         bic, fp = ref["bicubic"], ref["FP32"]
         print(f"- {net}: bicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, "

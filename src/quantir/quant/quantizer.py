@@ -15,11 +15,11 @@ Rules (TFLite's int8 spec, which onnxruntime's QDQ kernels follow too):
 * the graph input and the tensor reaching the graph output use the model's declared I/O
   quantization (e.g. scale 1, zero point -128 for 0..255 pixels), so the artifact has int8 I/O;
 * an add that forms the output from the input image through shared-qparams ops only (an
-  image-space anchor: ABPN's repeated input, a resized input) and a conv's residual puts that residual on the output's grid
-  (the output scale, zero point 0; ``align_residual``): the add is then an exact integer add and
-  the output is rounded once, as an FP32 model's uint8 output is; with a range of its own the
-  residual would be rounded twice (measured: the largest INT8 loss of the anchor nets on smooth
-  photos, BENCHMARKS "Residual on the output grid");
+  image-space anchor: ABPN's repeated input, a resized input) and a conv's residual puts that
+  residual on the output's grid (the output scale, zero point 0; ``align_residual``): the add is
+  then an exact integer add and the output is rounded once, as an FP32 model's uint8 output is;
+  with a range of its own the residual would be rounded twice (measured: the largest INT8 loss of
+  the anchor nets on smooth photos, BENCHMARKS "Residual on the output grid");
 * a clamp that only restates the I/O range (``clamp(x, 0, 255)`` before a 0..255 output) is
   removed from the quantized graph: quantizing to that range already clamps, bit for bit.
 """
@@ -412,7 +412,7 @@ class FullIntQuantizer(Quantizer):
         _mark(n, inputs, out_spec or self.act_spec)
 
     def _grid_residuals(self, output_roots: set) -> set:
-        """Convs whose output, added to the input image (through layout ops only), is the model output.
+        """Convs whose output, added to the input image (``_on_input_grid``), is the model output.
 
         On the output's grid (its scale, zero point 0) ``round(r) + a`` is the add, exactly, and
         ``round(r + a)`` for the integer codes ``a`` of the input: one rounding, as in float.
