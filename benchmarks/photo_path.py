@@ -28,6 +28,7 @@ from PIL import Image
 from quantir.data.io import STREAMED_FORMATS, load_photo, output_format, write_bands, write_image
 from quantir.data.png_stream import PNGStreamWriter
 from quantir.data.tiling import stack_bands
+from quantir.cli.args import tile_size
 from quantir.infer import Processor, builtin_model
 
 # Peak RSS from /proc/self/status VmHWM: ru_maxrss would carry over this (large) parent's peak
@@ -43,21 +44,22 @@ print(time.perf_counter() - t, hwm_kb, code)
 """
 
 
-def model_only_seconds(proc: Processor, pixels: int, tile: int, photo: np.ndarray | None = None,
+def model_only_seconds(proc: Processor, pixels: int, tile: int | tuple[int, int], photo: np.ndarray | None = None,
                        repeats: int = 5) -> float:
-    """The artifact's invoke on tile x tile inputs, scaled to ``pixels`` input pixels.
+    """The artifact's invoke on tile-sized inputs (a side or (height, width)), scaled to ``pixels`` input pixels.
 
     Tiles are cut from ``photo`` (real content, a different one per repeat; a flat grey tile
     without a photo); the median over repeats, since a shared 2-core box moves single timings by
     10-15 %.
     """
     rt = proc.model
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
     if photo is None:
-        tiles = [np.full((tile, tile, 3), 128, np.uint8)] * repeats
+        tiles = [np.full((th, tw, 3), 128, np.uint8)] * repeats
     else:
         h, w = photo.shape[:2]
-        tile = min(tile, h, w)
-        tiles = [photo[(k * 97) % (h - tile + 1):][:tile, (k * 131) % (w - tile + 1):][:, :tile]
+        th, tw = min(th, h), min(tw, w)
+        tiles = [photo[(k * 97) % (h - th + 1):][:th, (k * 131) % (w - tw + 1):][:, :tw]
                  for k in range(repeats)]
     xs = [rt.quantize(np.ascontiguousarray(t)[None]) for t in tiles]
     rt.invoke(xs[0])  # allocate once
@@ -66,7 +68,7 @@ def model_only_seconds(proc: Processor, pixels: int, tile: int, photo: np.ndarra
         t = time.perf_counter()
         rt.invoke(x)
         times.append(time.perf_counter() - t)
-    return float(np.median(times)) * pixels / (tile * tile)
+    return float(np.median(times)) * pixels / (th * tw)
 
 
 def split(proc: Processor, path: Path, out: Path) -> dict:
@@ -121,9 +123,9 @@ def writer_seconds(out: np.ndarray, path: Path, fast: bool, prefix: str, band: i
     return {f"{prefix}_writer_s": time.perf_counter() - t, f"{prefix}_mb": path.stat().st_size / 1e6}
 
 
-def end_to_end(cmd: str, src: Path, out: Path, tile: int, threads: int) -> dict:
+def end_to_end(cmd: str, src: Path, out: Path, tile: tuple[int, int], threads: int) -> dict:
     res = subprocess.run([sys.executable, "-c", RUN_CLI, cmd, str(src), "-o", str(out), "--overwrite", "--quiet",
-                          "--tile", str(tile), "--threads", str(threads)], capture_output=True, text=True)
+                          "--tile", f"{tile[0]}x{tile[1]}", "--threads", str(threads)], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{cmd} failed: {res.stderr.strip().splitlines()[-1]}")
     wall, rss_kb, _ = res.stdout.split()[-3:]
@@ -137,24 +139,27 @@ def main() -> None:
                                                     "sr:6000x4000:png", "enhance:4000x3000:png",
                                                     "enhance:4000x3000:jpg"],
                     help="task:WxH:ext (none: only the --sweep)")
-    ap.add_argument("--tile", type=int, default=0, help="tile side (0: the CLI's default per task)")
+    ap.add_argument("--tile", type=tile_size(8, 16384), default=None,
+                    help="tile bound N or HxW (default: the CLI's per task)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pillow", action="store_true",
                     help="also time Pillow's PNG encoder (level 6) and quantir's streaming writer with zlib-ng's "
                          "and the stdlib's deflater on the same output, for PNG cases")
-    ap.add_argument("--sweep", type=int, nargs="*", default=[],
-                    help="also print the SR model's invoke time per input pixel at these tile sides")
+    ap.add_argument("--sweep", type=tile_size(8, 16384), nargs="*", default=[],
+                    help="also print the SR model's invoke time per input pixel at these tile sizes (N or HxW)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from quantir.cli.infer_cmd import COMMANDS
 
     rows = []
     if args.sweep:
-        proc = Processor(builtin_model("sr"), "sr", 3, tile=max(args.sweep), threads=args.threads)
-        for tile in args.sweep:
-            per_px = model_only_seconds(proc, 1, tile, repeats=5)
-            print(json.dumps({"tile": tile, "ns_per_px": round(per_px * 1e9, 1),
-                              "with_32px_overlap": round(per_px * 1e9 * (tile / (tile - 32)) ** 2, 1)}), flush=True)
+        proc = Processor(builtin_model("sr"), "sr", 3, threads=args.threads)
+        overlap = 2 * proc.model.radius if proc.model.radius is not None else 32  # what the photo path recomputes
+        for th, tw in args.sweep:
+            per_px = model_only_seconds(proc, 1, (th, tw), repeats=5)
+            print(json.dumps({"tile": f"{th}x{tw}", "ns_per_px": round(per_px * 1e9, 1), "overlap_px": overlap,
+                              "with_overlap": round(per_px * 1e9 * th * tw / ((th - overlap) * (tw - overlap)), 1)}),
+                  flush=True)
     base = Image.open(args.photo).convert("RGB")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -168,8 +173,11 @@ def main() -> None:
                 base.resize((w, h), Image.LANCZOS).save(src, quality=95)
             proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=tile, threads=args.threads)
             pixels = np.asarray(Image.open(src).convert("RGB"))
-            before = model_only_seconds(proc, w * h, tile, pixels)
-            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": tile}
+            # the reference is square tiles of the bound's shorter side: the same reference for every tile
+            # shape (the time per pixel is flat across shapes, --sweep), so rows of different shapes compare
+            ref = min(tile)
+            before = model_only_seconds(proc, w * h, ref, pixels)
+            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": f"{tile[0]}x{tile[1]}"}
             row.update(split(proc, src, tmp / f"split.{ext}"))
             if args.pillow and ext == "png":
                 out = np.asarray(Image.open(tmp / "split.png"))
@@ -180,7 +188,7 @@ def main() -> None:
                     row.update(writer_seconds(out, tmp / "writer.png", fast, prefix="zlibng" if fast else "stdlib"))
                 del out
             row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads))
-            after = model_only_seconds(proc, w * h, tile, pixels)
+            after = model_only_seconds(proc, w * h, ref, pixels)
             # the model is timed before and after the photo path, and the mean is the reference
             row.update(model_s=(before + after) / 2, model_before_s=before, model_after_s=after)
             row["ratio"] = row["e2e_s"] / row["model_s"]

@@ -126,9 +126,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measure-only", action="store_true", help="skip training and installing; re-measure the assets")
+    ap.add_argument("--only", nargs="+", choices=sorted(BUILDS), default=sorted(BUILDS),
+                    help="train and install only these models (all of them are measured)")
     args = ap.parse_args()
     for name, (config, run_dir) in BUILDS.items():
-        if not args.measure_only:
+        if not args.measure_only and name in args.only:
             train(config, run_dir)
             install(name, config, run_dir)
     res = measure()
@@ -141,6 +143,8 @@ def main() -> None:
              f"A 6000x4000 JPEG upscales to {perf['big_output'][0]}x{perf['big_output'][1]} in "
              f"{perf['big_seconds']:.0f} s with {perf['big_peak_rss_mb']:.0f} MB peak memory (2 threads, tiles of 256)."]
     command = "python scripts/build_builtin_models.py" + (" --measure-only" if args.measure_only else "")
+    if not args.measure_only and sorted(args.only) != sorted(BUILDS):
+        command += " --only " + " ".join(args.only)
     result = {"command": command + "  (make builtin trains, installs and measures)", "table": table, **res,
               "perf": perf}
     (ASSETS / "builtin_results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")

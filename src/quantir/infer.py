@@ -135,13 +135,14 @@ def compare_image(before: np.ndarray, after: np.ndarray, max_width: int = 4096) 
 
 
 class Processor:
-    """Runs one model over photos; ``tile`` is in input pixels."""
+    """Runs one model over photos; ``tile`` bounds the tiles in input pixels: a side, or (height, width)."""
 
-    def __init__(self, model_path: Path, task: str, scale: int, backend: str = "tflite", tile: int = 256,
-                 threads: int = 2):
-        if tile < min_tile(task):
-            raise ConfigError(f"tile {tile} is too small: use at least {min_tile(task)} input pixels")
-        self.task, self.backend, self.tile = task, backend, tile
+    def __init__(self, model_path: Path, task: str, scale: int, backend: str = "tflite",
+                 tile: int | tuple[int, int] = 256, threads: int = 2):
+        th, tw = (tile, tile) if isinstance(tile, int) else tile
+        if min(th, tw) < min_tile(task):
+            raise ConfigError(f"tile {th}x{tw} is too small: use at least {min_tile(task)} input pixels a side")
+        self.task, self.backend, self.tile = task, backend, (th, tw)
         self.model = load_model(model_path, threads=threads, backend=backend)
         self.model.check(task=task, scale=scale)
         self.scale = self.model.scale
@@ -161,8 +162,9 @@ class Processor:
         canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
         oh, ow = h * self.scale, w * self.scale
         overlap, margin = tile_overlap(self.model.info.task, self.model.radius)
-        for row, band in tiled_bands(canvas, self.model.run, scale=self.scale, tile=self.tile - self.tile % m,
-                                     overlap=overlap, margin=margin, on_tile=on_tile, align=m):
+        tile = (self.tile[0] - self.tile[0] % m, self.tile[1] - self.tile[1] % m)
+        for row, band in tiled_bands(canvas, self.model.run, scale=self.scale, tile=tile, overlap=overlap,
+                                     margin=margin, on_tile=on_tile, align=m):
             if row < oh:
                 yield row, band[: oh - row, :ow]
 

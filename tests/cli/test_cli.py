@@ -59,6 +59,24 @@ def test_tiled_upscale_matches_untiled(sr_model, tmp_path):
     a = np.asarray(Image.open(tmp_path / "full.png"))
     b = np.asarray(Image.open(tmp_path / "tiled.png"))
     assert np.array_equal(a, b)  # receptive field (5 px) < tile margin: tiles are exact
+    assert main(["upscale", str(src), "-o", str(tmp_path / "wide.png"), "--model", str(sr_model), "--quiet",
+                 "--tile", "72x150"]) == 0
+    assert np.array_equal(a, np.asarray(Image.open(tmp_path / "wide.png")))
+
+
+@pytest.mark.parametrize("text, want", [("256", (256, 256)), ("256x1024", (256, 1024)), ("300X80", (300, 80))])
+def test_tile_size_parses_a_side_or_height_by_width(text, want):
+    from quantir.cli.args import tile_size
+
+    assert tile_size(72, 16384)(text) == want
+
+
+@pytest.mark.parametrize("text", ["256x", "x256", "256x1024x3", "64x256", "abc", "0"])
+def test_tile_size_rejects_bad_sizes_in_one_line(text, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["upscale", "in.png", "-o", "out.png", "--tile", text])
+    assert err.value.code == 2
+    assert "--tile" in capsys.readouterr().err
 
 
 def test_alpha_16bit_gray_exif_icc(sr_model, enhance_model, tmp_path):

@@ -55,10 +55,12 @@ def test_overlap_of_twice_the_radius_is_exact_and_one_less_is_not(sr_model):
     assert not np.array_equal(short, whole)
 
 
-@pytest.mark.parametrize("tile", [72, 100])
+@pytest.mark.parametrize("tile", [72, 100, (72, 180)])
 def test_photo_path_tiles_at_the_graph_overlap_equal_the_whole_image(sr_model, tile):
+    """Square tiles and the short, wide ones the CLI's SR default uses (several tiles per row)."""
     proc = Processor(sr_model, "sr", 3, tile=tile)
+    th, tw = proc.tile
     assert proc.model.radius is not None
-    img = natural_image(2 * tile + 17, 3 * tile + 5, seed=3)
+    img = natural_image(2 * th + 17, 2 * tw + 5, seed=3)
     assert len(list(proc.bands(img))) >= 3
     assert np.array_equal(proc.run(img), proc.model.run(img))

@@ -23,6 +23,21 @@ def int_range(lo: int, hi: int | None = None):
     return parse
 
 
+def tile_size(lo: int, hi: int):
+    """A tile bound in input pixels: ``N`` (N x N) or ``HxW``, each side in [lo, hi]; returns (H, W)."""
+    side = int_range(lo, hi)
+
+    def parse(text: str) -> tuple[int, int]:
+        parts = text.lower().split("x")
+        if len(parts) > 2:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a tile size: give N or HxW, e.g. 256 or 256x1024")
+        h, w = side(parts[0]), side(parts[-1])
+        return h, w
+
+    parse.__name__ = "tile size"
+    return parse
+
+
 def pixel_count(text: str) -> int:
     """A finite pixel budget of at least one megapixel, written as 120e6 or 120000000."""
     try:
