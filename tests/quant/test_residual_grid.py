@@ -91,3 +91,34 @@ def test_checkpoint_from_before_the_rule_rebuilds_with_its_learned_residual_rang
     x = torch.rand(1, 3, 20, 24) * 255
     with torch.no_grad():
         assert torch.equal(rebuilt(x), q(x))
+
+
+class _Shifter(torch.nn.Module):
+    """An anchor-style net whose residual adds ``shift`` (0..255 units) to every pixel."""
+
+    def __init__(self, shift: float):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.fill_(shift)
+
+    def forward(self, x):
+        return torch.clamp(self.conv(x) + x, 0, 255)
+
+
+@pytest.mark.parametrize("shift, warns", [(20.0, False), (180.0, True)])
+def test_calibration_warns_when_a_grid_residual_clips(shift, warns, caplog):
+    """+-128 levels hold SR corrections; a brightening of 180 levels clips, and calibration says so."""
+    from quantir.data.task import ModelInfo
+    from quantir.quant.api import calibrate, grid_residual_clipping, prepare_ptq
+
+    x = torch.rand(2, 3, 16, 16) * 100
+    q = prepare_ptq(_Shifter(shift).eval(), x[:1], QuantConfig(), info=ModelInfo(task="enhance", scale=1))
+    (layer,) = q.grid_residuals.values()  # the one conv added to the input
+    with caplog.at_level("WARNING", logger="quantir.quant.api"):
+        calibrate(q, [x])
+    assert ("clips on 100.00 %" in caplog.text) is warns, caplog.text
+    with grid_residual_clipping(q, warn=False) as shares, torch.no_grad():
+        q(x)
+    assert shares == {layer: 1.0 if warns else 0.0}

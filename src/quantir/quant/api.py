@@ -13,10 +13,12 @@ fixed: what convert exports).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import enum
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -42,8 +44,14 @@ from quantir.quant.exact import emulate_integer_convs, emulate_integer_convs_con
 from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize  # noqa: E402
 from quantir.quant.observers import RangeObserver  # noqa: E402
 from quantir.quant.odm import enable_mismatch  # noqa: E402
-from quantir.quant.quantizer import FullIntQuantizer, IOQuant  # noqa: E402
+from quantir.quant.quantizer import GRID_RESIDUAL_META, FullIntQuantizer, IOQuant  # noqa: E402
+from quantir.quant.rewrite import module_path  # noqa: E402
 from quantir.quant.support import inspect_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+# Share of a grid residual's calibration values beyond the output grid's +-128 levels above which
+# calibration warns: a few clipped highlights cost nothing measurable, a systematic shift does.
+RESIDUAL_CLIP_WARN = 1e-4
 
 
 class Phase(str, enum.Enum):
@@ -157,10 +165,13 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
                                  keep=config.keep, kept_specs=kept, conv_inputs_only=config.act_scope == "conv_inputs",
                                  align_residual=config.residual_on_output_grid and config.act_bits == 8)
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
+    grid_residuals = {u.target: module_path(n) or n.name for n in graph.graph.nodes if n.meta.get(GRID_RESIDUAL_META)
+                      for u in n.users if u.op == "call_module"}  # before the exact convs replace the nodes
     if config.exact_conv:
         emulate_integer_convs(graph, elementwise=config.exportable)
     qmodel = QuantizedModel(graph, info, config, quantizer, source_model_name=model.model_name,
                             source_model_cfg=model.model_cfg)
+    qmodel.grid_residuals = grid_residuals  # fake-quant module name -> the layer it quantizes
     if config.odm.enabled:
         enable_mismatch(qmodel, config.odm.detach_q)
     set_phase(qmodel, Phase.OBSERVE)
@@ -206,14 +217,51 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor], n_batches
     was_training = qmodel.training
     qmodel.eval()
     used = 0
-    for x in batches:
-        if n_batches is not None and used >= n_batches:
-            break
-        qmodel(x)
-        used += 1
+    with grid_residual_clipping(qmodel):
+        for x in batches:
+            if n_batches is not None and used >= n_batches:
+                break
+            qmodel(x)
+            used += 1
     set_phase(qmodel, Phase.FREEZE)
     qmodel.train(was_training)
     return used
+
+
+@contextlib.contextmanager
+def grid_residual_clipping(qmodel: QuantizedModel, warn: bool = True) -> Iterator[dict[str, float]]:
+    """Count, over the forwards inside the block, how often a residual on the output grid clips.
+
+    ``QuantConfig.residual_on_output_grid`` fixes the range of an output residual to the output's
+    grid, +-128 levels (+-0.5 of the pixel range): exact for SR corrections, but a network that
+    shifts colours or brightness further (an enhancer trained on real photo pairs) would clip. The
+    yielded dict fills on exit with each such layer's clipped share; above ``RESIDUAL_CLIP_WARN``
+    a warning names the layer and the switch that gives the residual a learned range instead.
+    """
+    counts: dict[str, list[int]] = {}
+    handles = []
+    modules = dict(qmodel.graph_module.named_modules())
+    for name, layer in getattr(qmodel, "grid_residuals", {}).items():
+        def count(fq, args, _layer=layer):
+            x, s, z = args[0].detach(), float(fq.scale), int(fq.zero_point)
+            lo, hi = s * (fq.quant_min - z - 0.5), s * (fq.quant_max - z + 0.5)
+            c = counts.setdefault(_layer, [0, 0])
+            c[0] += int(((x < lo) | (x > hi)).sum())
+            c[1] += x.numel()
+
+        handles.append(modules[name].register_forward_pre_hook(count))
+    shares: dict[str, float] = {}
+    try:
+        yield shares
+    finally:
+        for h in handles:
+            h.remove()
+        shares.update({layer: clipped / max(total, 1) for layer, (clipped, total) in counts.items()})
+        for layer, share in shares.items():
+            if warn and share > RESIDUAL_CLIP_WARN:
+                log.warning("the residual of %s clips on %.2f %% of the calibration values (beyond the output grid's "
+                            "+-128 levels); set qat.quant.residual_on_output_grid: false to give it a learned range",
+                            layer or "the output layer", 100 * share)
 
 
 @torch.no_grad()

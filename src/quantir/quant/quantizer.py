@@ -66,6 +66,7 @@ CAT_OPS = {aten.cat.default, aten.concat.default}
 BINARY_SHARED = {aten.minimum.default, aten.maximum.default}  # TFLite MINIMUM/MAXIMUM: one scale for all
 REQUANT_META = "quantir_requantize"  # node.meta key of the MULs that requantize a concat input
 ISLAND_META = "quantir_float_island"  # node.meta key of ops left in float (an InstanceNorm's statistics)
+GRID_RESIDUAL_META = "quantir_grid_residual"  # node.meta key of the convs whose output takes the output grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,6 +428,7 @@ class FullIntQuantizer(Quantizer):
                         and residual.op == "call_function" and residual.target in WEIGHTED_OPS
                         and len(residual.users) == 1 and residual not in self._kept):
                     aligned.add(residual)
+                    residual.meta[GRID_RESIDUAL_META] = True  # api.grid_residual_clipping finds its quantizer
         return aligned
 
     @staticmethod

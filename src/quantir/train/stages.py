@@ -16,7 +16,7 @@ from quantir.data.patches import Source
 from quantir.data.tiling import tiled_apply
 from quantir.models.apply import run_uint8, to_model_units
 from quantir.quant import checkpoint
-from quantir.quant.api import Phase, QuantizedModel, prepare_qat, set_phase
+from quantir.quant.api import Phase, QuantizedModel, grid_residual_clipping, prepare_qat, set_phase
 from quantir.quant.equalize import equalize_skip
 from quantir.quant.odm import cooperative_backward, mismatch_loss
 from quantir.train.config import StageConfig, TrainConfig
@@ -142,7 +142,7 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
     deploy.to(ctx.device)
     # Range initialisation on training patches, identical on every rank.
     qmodel.eval()
-    with torch.no_grad():
+    with torch.no_grad(), grid_residual_clipping(qmodel, warn=ctx.dist.is_main):
         for x in calibration_batches(ctx.cfg, ctx.sources, cfg.calib_batches, ctx.pixel_max):
             qmodel(x.to(ctx.device))
     qmodel.train()
