@@ -86,6 +86,7 @@ class QuantizedModel(nn.Module):
         self.__dict__["onnx_graph"] = onnx_graph
         self.source_model_name, self.source_model_cfg = source_model_name, source_model_cfg
         self.phase = Phase.FREEZE if converted else Phase.OBSERVE
+        self.grid_residuals: dict[str, str] = {}  # fake-quant module -> layer, of residuals on the output grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -171,7 +172,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
         emulate_integer_convs(graph, elementwise=config.exportable)
     qmodel = QuantizedModel(graph, info, config, quantizer, source_model_name=model.model_name,
                             source_model_cfg=model.model_cfg)
-    qmodel.grid_residuals = grid_residuals  # fake-quant module name -> the layer it quantizes
+    qmodel.grid_residuals = grid_residuals
     if config.odm.enabled:
         enable_mismatch(qmodel, config.odm.detach_q)
     set_phase(qmodel, Phase.OBSERVE)
@@ -241,7 +242,7 @@ def grid_residual_clipping(qmodel: QuantizedModel, warn: bool = True) -> Iterato
     counts: dict[str, list[int]] = {}
     handles = []
     modules = dict(qmodel.graph_module.named_modules())
-    for name, layer in getattr(qmodel, "grid_residuals", {}).items():
+    for name, layer in qmodel.grid_residuals.items():
         def count(fq, args, _layer=layer):
             x, s, z = args[0].detach(), float(fq.scale), int(fq.zero_point)
             lo, hi = s * (fq.quant_min - z - 0.5), s * (fq.quant_max - z + 0.5)
