@@ -54,6 +54,15 @@ VARIANTS = {
     # The combination without the extra photos (what a preset can use with the default sample sets):
     "combined without train-ext: ranges longer + lr x5 + equalization 0.5": {
         "qat": {"train": {"steps": 1000, "lr": 1.0e-4}, "freeze_ranges_at": 0.95, "equalize_skip": 0.5}},
+    # Sum-preserving weight rounding (QuantConfig.weight_rounding) on top of each preset's combined
+    # recipe: every kernel's integer code sum equals its rounded float sum, trained with the STE.
+    "combined + sum-preserving weight rounding": {
+        "data": {"extra_train_dirs": [str(SAMPLES / "train_ext")]},
+        "qat": {"train": {"steps": 1000, "lr": 1.0e-4}, "freeze_ranges_at": 0.95, "equalize_skip": 0.5,
+                "quant": {"weight_rounding": "sum_preserving"}}},
+    "combined without train-ext + sum-preserving weight rounding": {
+        "qat": {"train": {"steps": 1000, "lr": 1.0e-4}, "freeze_ranges_at": 0.95, "equalize_skip": 0.5,
+                "quant": {"weight_rounding": "sum_preserving"}}},
 }
 QAT_ONLY = {"teacher": {"enabled": False}, "stage1": {"enabled": False}, "stage2": {"enabled": False}}
 # Each row changes one step of the presets' QAT stage as it was before the recipe was chosen (the
@@ -75,6 +84,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/stress_recipe")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", type=int, help="indices into the variant list (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (rows of seed k > 0 go to vN_sK)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     info = ModelInfo(task=Task.SR, scale=3)
@@ -82,12 +92,13 @@ def main() -> None:
     chosen = [v for i, v in enumerate(VARIANTS) if a.variants is None or i in a.variants]
     rows = {}
     for k, label in enumerate(chosen):
-        overrides = config_io.merge({"threads": a.threads, "data": {"train_dir": str(SAMPLES / "train"),
-                                     "eval_dir": str(SAMPLES / "eval"), "stress_dir": str(SAMPLES / "stress")}},
+        overrides = config_io.merge({"threads": a.threads, "seed": a.seed,
+                                     "data": {"train_dir": str(SAMPLES / "train"), "eval_dir": str(SAMPLES / "eval"),
+                                              "stress_dir": str(SAMPLES / "stress")}},
                                     config_io.merge(config_io.merge(QAT_ONLY, BEFORE.get(Path(a.preset).name, {})),
                                                     VARIANTS[label]))
         cfg = config_io.load(TrainConfig, a.preset, overrides)
-        run_dir = Path(a.out) / f"v{list(VARIANTS).index(label)}"
+        run_dir = Path(a.out) / (f"v{list(VARIANTS).index(label)}" + (f"_s{a.seed}" if a.seed else ""))
         print(f"[stress-recipe] {label}", flush=True)
         res = run_training(cfg, run_dir, init=a.init)
         row = {"stress": gap(res["stress"]["INT8 TFLite"], res["stress"]["FP32 (fused)"]),
@@ -102,7 +113,7 @@ def main() -> None:
     best = max(rows, key=lambda r: rows[r]["stress_val"])
     out = {"preset": a.preset, "init": a.init, "rows": rows, "selected_on_stress_val": best}
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "stress_recipe.json").write_text(json.dumps(out, indent=2) + "\n")
+    (Path(a.out) / f"stress_recipe{f'_s{a.seed}' if a.seed else ''}.json").write_text(json.dumps(out, indent=2) + "\n")
     print("\n| step | INT8 - FP32 stress_val (select) | stress (report) | eval | FP32 stress / eval |\n"
           "|---|---:|---:|---:|---:|")
     for label, r in rows.items():

@@ -122,7 +122,8 @@ def _specs(config: QuantConfig, learnable: bool) -> tuple[QuantizationSpec, Quan
     weight = QuantizationSpec(
         dtype=torch.int8, quant_min=wmin, quant_max=wmax, ch_axis=0,
         qscheme=torch.per_channel_symmetric if config.weight_per_channel else torch.per_tensor_symmetric,
-        observer_or_fake_quant_ctr=WeightFakeQuantize.with_args(clip_percentile=config.weight_clip_percentile))
+        observer_or_fake_quant_ctr=WeightFakeQuantize.with_args(clip_percentile=config.weight_clip_percentile,
+                                                                rounding=config.weight_rounding))
     return act, weight
 
 
@@ -295,10 +296,7 @@ def plain_graph(qmodel: QuantizedModel) -> torch.fx.GraphModule:
             fq = graph.get_submodule(node.target) if node.op == "call_module" else None
             if isinstance(fq, WeightFakeQuantize) and node.args[0].op == "get_attr":
                 weight = graph.get_parameter(node.args[0].target)
-                weight.copy_(torch.fake_quantize_per_channel_affine(
-                    weight, fq.scale.expand(weight.shape[0]).contiguous(), torch.zeros(weight.shape[0], dtype=torch.int32),
-                    0, fq.quant_min, fq.quant_max) if fq.per_channel else
-                    torch.fake_quantize_per_tensor_affine(weight, fq.scale, fq.zero_point, fq.quant_min, fq.quant_max))
+                weight.copy_(fq.snap(weight))  # the codes fake-quant trained with, whatever its rounding rule
     return graph
 
 

@@ -215,6 +215,7 @@ def build_qat(record: dict, what: str = "checkpoint") -> QuantizedModel:
     # Written before the anchor residual took the output grid (QuantConfig.residual_on_output_grid):
     # trained with a learned residual range, so rebuilt with one.
     saved.setdefault("residual_on_output_grid", False)
+    saved.setdefault("weight_rounding", "nearest")  # written before the rounding rule was a choice
     qcfg = from_dict(QuantConfig, saved)
     qmodel = prepare_qat(model, torch.zeros(2, 3, h, w), qcfg)
     set_phase(qmodel, Phase.FREEZE)  # before loading, so no observer range replaces the learned ones

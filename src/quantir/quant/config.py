@@ -47,6 +47,7 @@ class ODMConfig:
 
 
 LayerRole = Literal["head", "tail", "upsampler"]
+WeightRounding = Literal["nearest", "sum_preserving"]  # see QuantConfig.weight_rounding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,10 @@ class QuantConfig:
     # add and the output is rounded once, as a float model's uint8 output (quant/quantizer.py).
     # Only at 8-bit activations: the low-bit tables keep their k-bit residual.
     residual_on_output_grid: bool = True
+    # Integer weight codes: "nearest", or "sum_preserving": each (out, in) kernel's code sum equals
+    # its rounded float sum (quant/fake_quant.sum_preserving_codes), so a flat input sees the float
+    # kernel's gain. Trained with (the STE), exported as is: same grid, same scales, same artifact format.
+    weight_rounding: WeightRounding = "nearest"
 
     def __post_init__(self):
         check_choices(self)
@@ -113,6 +118,8 @@ class QuantConfig:
         require(50.0 < self.act_percentile <= 100.0, "act_percentile must be in (50, 100]")
         if self.weight_clip_percentile is not None:
             require(50.0 < self.weight_clip_percentile <= 100.0, "weight_clip_percentile must be in (50, 100]")
+            require(self.weight_rounding == "nearest",
+                    "weight_rounding: sum_preserving does not combine with weight_clip_percentile (learned clipping)")
 
     @property
     def act_qrange(self) -> tuple[int, int]:
