@@ -96,15 +96,19 @@ def main() -> int:
                "qat_steps": args.qat_steps, "fp32_train_min": fp32_min,
                "bicubic": evaluate(info.baseline(), pairs, border=SCALE)["psnr_rgb"],
                "fp32": evaluate(lambda im: run_uint8(wrapped, im), pairs, border=SCALE)["psnr_rgb"]}
-        for mode, steps in (("ptq", 0), ("qat", args.qat_steps)):
+        # PTQ and QAT with quantize's defaults, and PTQ with nearest weight rounding (the default until
+        # sum-preserving rounding was measured: BENCHMARKS.md "Sum-preserving weight rounding").
+        for key, mode, steps, rounding in (("ptq", "ptq", 0, QuantizeConfig.weight_rounding),
+                                           ("ptq_nearest", "ptq", 0, "nearest"),
+                                           ("qat", "qat", args.qat_steps, QuantizeConfig.weight_rounding)):
             t0 = time.time()
             cfg = QuantizeConfig(model=name, calib=args.train, mode=mode, steps=steps, batch=4, crop=32, lr=2e-5,
-                                 parity_limit=4)
-            res = quantize_model(make_loaded(make, out / name / "fp32.pt"), info, cfg, out / name / mode)
-            row[f"{mode}_min"] = (time.time() - t0) / 60
-            rt = load_runtime(out / name / mode / "model_int8.tflite", threads=2)
-            row[f"{mode}_tflite"] = evaluate(rt.run, pairs, border=SCALE)["psnr_rgb"]
-            row[f"{mode}_max_lsb"] = res["parity"].backends["tflite"].max_lsb
+                                 parity_limit=4, weight_rounding=rounding)
+            res = quantize_model(make_loaded(make, out / name / "fp32.pt"), info, cfg, out / name / key)
+            row[f"{key}_min"] = (time.time() - t0) / 60
+            rt = load_runtime(out / name / key / "model_int8.tflite", threads=2)
+            row[f"{key}_tflite"] = evaluate(rt.run, pairs, border=SCALE)["psnr_rgb"]
+            row[f"{key}_max_lsb"] = res["parity"].backends["tflite"].max_lsb
         rows.append(row)
         print(json.dumps(row), flush=True)
     # latency in one interleaved run, next to the built-in x3 model (a reference on this machine)
@@ -116,12 +120,13 @@ def main() -> int:
         r["ms_360x640"] = t["median_ms"]
     builtin_ms = lat[-1]["median_ms"]
     (out / "byom.json").write_text(json.dumps({"rows": rows, "builtin_x3_ms_360x640": builtin_ms}, indent=2) + "\n")
-    print("| model | params | bicubic | FP32 | INT8 PTQ (TFLite) | INT8 QAT (TFLite) | max LSB vs fake-quant (PTQ/QAT) "
-          "| ms at 360x640 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | params | bicubic | FP32 | INT8 PTQ, nearest rounding (TFLite) | INT8 PTQ (TFLite) "
+          "| INT8 QAT (TFLite) | max LSB vs fake-quant (PTQ nearest/PTQ/QAT) | ms at 360x640 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['params']:,} | {r['bicubic']:.3f} | {r['fp32']:.3f} | {r['ptq_tflite']:.3f} | "
-              f"{r['qat_tflite']:.3f} | {r['ptq_max_lsb']}/{r['qat_max_lsb']} | {r['ms_360x640']:.1f} |")
+        print(f"| {r['model']} | {r['params']:,} | {r['bicubic']:.3f} | {r['fp32']:.3f} "
+              f"| {r['ptq_nearest_tflite']:.3f} | {r['ptq_tflite']:.3f} | {r['qat_tflite']:.3f} "
+              f"| {r['ptq_nearest_max_lsb']}/{r['ptq_max_lsb']}/{r['qat_max_lsb']} | {r['ms_360x640']:.1f} |")
     print(f"(built-in x3 model in the same timing run: {builtin_ms:.1f} ms)")
     return 0
 

@@ -101,8 +101,9 @@ def _tflite_filters(path) -> list[np.ndarray]:
 
 def test_artifact_stores_the_sum_preserving_codes_at_zero_lsb(tmp_path):
     q, model = _qat("sum_preserving")
-    weights = [(fq, q.graph_module.get_parameter(n.args[0].target)) for n in q.graph_module.graph.nodes
-               if n.op == "call_module" and isinstance(fq := q.graph_module.get_submodule(n.target), WeightFakeQuantize)]
+    gm = q.graph_module
+    weights = [(fq, gm.get_parameter(n.args[0].target)) for n in gm.graph.nodes
+               if n.op == "call_module" and isinstance(fq := gm.get_submodule(n.target), WeightFakeQuantize)]
     trained = [torch.round(fq.snap(w) / fq.scale.view(-1, 1, 1, 1)) for fq, w in weights]
     nearest = [torch.clamp(torch.round(w / fq.scale.view(-1, 1, 1, 1)), -127, 127) for fq, w in weights]
     assert any(not torch.equal(a, b) for a, b in zip(trained, nearest))  # the rule changed some codes

@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--crop", type=int_range(8, 4096), default=64, help="input crop size (LR pixels for SR)")
     p.add_argument("--calib-range", choices=["minmax", "ema", "percentile", "mse"], default="mse",
                    help="activation range calibrator (default mse: the range with the least quantization error)")
+    p.add_argument("--weight-rounding", choices=["sum_preserving", "nearest"], default="sum_preserving",
+                   help="integer weight codes (default sum_preserving: each kernel keeps its float sum, so flat "
+                        "regions keep their level; BENCHMARKS.md 'Sum-preserving weight rounding'), or nearest")
     p.add_argument("--allow-float-ops", action="store_true",
                    help="accept ops without an int8 kernel as float islands (listed in parity.json)")
     p.add_argument("--check", action="store_true", help="only report which ops would not be int8, then stop")
@@ -55,7 +58,8 @@ def run(args) -> int:
         return 0
     config = QuantizeConfig(
         model=args.model, weights=args.weights, calib=args.calib, mode="qat" if args.qat else "ptq",
-        calib_range=RangeMethod(args.calib_range), crop=args.crop, train=args.train, steps=args.steps, lr=args.lr,
+        calib_range=RangeMethod(args.calib_range), weight_rounding=args.weight_rounding, crop=args.crop,
+        train=args.train, steps=args.steps, lr=args.lr,
         batch=args.batch, allow_float_ops=args.allow_float_ops, parity=args.parity_data,
         export=ExportConfig(formats=tuple(args.format), threads=args.threads))
     command = "quantir " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -31,7 +31,7 @@ from quantir.export.from_checkpoint import parity_inputs
 from quantir.models.apply import to_model_units
 from quantir.models.protocol import as_restoration_model
 from quantir.quant.api import Phase, calibrate, convert, prepare_ptq, prepare_qat, set_phase
-from quantir.quant.config import QuantConfig
+from quantir.quant.config import QuantConfig, WeightRounding
 from quantir.quant.observers import RangeMethod
 from quantir.quant.rewrite import RewrittenModel
 from quantir.quant.support import inspect_model
@@ -51,6 +51,10 @@ class QuantizeConfig:
     # residual values costs several dB (BENCHMARKS.md, benchmarks/byom_calibrators.py)
     calib_range: RangeMethod = RangeMethod.MSE
     calib_crops: int = 32
+    # Integer weight codes (QuantConfig.weight_rounding): sum-preserving keeps each kernel's response
+    # to flat regions; after PTQ it cut the INT8 loss on smooth photos 1.3-7x (BENCHMARKS.md
+    # "Sum-preserving weight rounding", chosen on the stress_val split).
+    weight_rounding: WeightRounding = "sum_preserving"
     crop: int = 64  # model-input crop size (LR pixels for SR)
     train: str | None = None  # unlabelled photos for QAT distillation (default: the calibration photos)
     steps: int = 300
@@ -150,7 +154,7 @@ def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeCon
         for line in float_model.rewrites.done:
             log.info("rewrite: %s", line)
     qcfg = QuantConfig(act_range=config.calib_range, learn_act_ranges=config.mode == "qat",
-                       allow_float_ops=config.allow_float_ops)
+                       allow_float_ops=config.allow_float_ops, weight_rounding=config.weight_rounding)
     prepared = (prepare_qat if config.mode == "qat" else prepare_ptq)(float_model, example, qcfg)
     n = calibrate(prepared, crop_pool(info, config.calib, config.calib_crops, config.crop, config.seed))
     log.info("calibrated on %d crops of %s", n, config.calib)
