@@ -72,6 +72,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", default="data/samples/train")
     ap.add_argument("--eval", default="data/samples/eval")
+    ap.add_argument("--stress", default="data/samples/stress", help="smooth photos, scored too when the folder exists")
     ap.add_argument("--out", default="runs/byom")
     ap.add_argument("--fp32-steps", type=int, default=1500)
     ap.add_argument("--qat-steps", type=int, default=300)
@@ -91,11 +92,14 @@ def main() -> int:
         torch.save(net.state_dict(), out / name / "fp32.pt")
         info = ModelInfo(task="sr", scale=SCALE, pixel_max=pixel_max)
         pairs = info.eval_pairs(args.eval)
+        stress = info.eval_pairs(args.stress) if Path(args.stress).is_dir() else None
         wrapped = WrappedModel(net, info)
         row = {"model": name, "params": sum(p.numel() for p in net.parameters()), "fp32_steps": args.fp32_steps,
                "qat_steps": args.qat_steps, "fp32_train_min": fp32_min,
                "bicubic": evaluate(info.baseline(), pairs, border=SCALE)["psnr_rgb"],
                "fp32": evaluate(lambda im: run_uint8(wrapped, im), pairs, border=SCALE)["psnr_rgb"]}
+        if stress is not None:
+            row["fp32_stress"] = evaluate(lambda im: run_uint8(wrapped, im), stress, border=SCALE)["psnr_rgb"]
         # PTQ and QAT with quantize's defaults, and PTQ with nearest weight rounding (the default until
         # sum-preserving rounding was measured: BENCHMARKS.md "Sum-preserving weight rounding").
         for key, mode, steps, rounding in (("ptq", "ptq", 0, QuantizeConfig.weight_rounding),
@@ -108,6 +112,8 @@ def main() -> int:
             row[f"{key}_min"] = (time.time() - t0) / 60
             rt = load_runtime(out / name / key / "model_int8.tflite", threads=2)
             row[f"{key}_tflite"] = evaluate(rt.run, pairs, border=SCALE)["psnr_rgb"]
+            if stress is not None:
+                row[f"{key}_stress"] = evaluate(rt.run, stress, border=SCALE)["psnr_rgb"]
             row[f"{key}_max_lsb"] = res["parity"].backends["tflite"].max_lsb
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -128,6 +134,12 @@ def main() -> int:
               f"| {r['ptq_nearest_tflite']:.3f} | {r['ptq_tflite']:.3f} | {r['qat_tflite']:.3f} "
               f"| {r['ptq_nearest_max_lsb']}/{r['ptq_max_lsb']}/{r['qat_max_lsb']} | {r['ms_360x640']:.1f} |")
     print(f"(built-in x3 model in the same timing run: {builtin_ms:.1f} ms)")
+    if all("fp32_stress" in r for r in rows):
+        print(f"\nStress photos ({args.stress}), INT8 TFLite - FP32 (PSNR-RGB):\n\n"
+              "| model | FP32 | PTQ, nearest rounding | PTQ | QAT |\n|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['model']} | {r['fp32_stress']:.3f} | " + " | ".join(
+                f"{r[k + '_stress'] - r['fp32_stress']:+.3f}" for k in ("ptq_nearest", "ptq", "qat")) + " |")
     return 0
 
 

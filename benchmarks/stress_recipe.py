@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common import ROOT, eval_artifact, eval_fn, run_training
@@ -68,13 +69,36 @@ QAT_ONLY = {"teacher": {"enabled": False}, "stage1": {"enabled": False}, "stage2
 # Each row changes one step of the presets' QAT stage as it was before the recipe was chosen (the
 # presets now hold the selected row), so the table stays reproducible: these undo the choice.
 BEFORE = {"sr_x3_mobileone_qat.yaml": {"data": {"extra_train_dirs": []}, "qat": {
-              "train": {"steps": 500, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None}},
+              "train": {"steps": 500, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None,
+              "quant": {"weight_rounding": "nearest"}}},
           "sr_x3_mobileone_quick.yaml": {"qat": {
-              "train": {"steps": 400, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None}}}
+              "train": {"steps": 400, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None,
+              "quant": {"weight_rounding": "nearest"}}}}
 
 
 def gap(a: dict, b: dict) -> float:
     return a["psnr_rgb"] - b["psnr_rgb"]
+
+
+def run_row(a, label: str, seed: int, splits: dict, border: int) -> dict:
+    """One row at one seed: its QAT run (reused when finished with the same config) and its gaps."""
+    overrides = config_io.merge({"threads": a.threads, "seed": seed,
+                                 "data": {"train_dir": str(SAMPLES / "train"), "eval_dir": str(SAMPLES / "eval"),
+                                          "stress_dir": str(SAMPLES / "stress")}},
+                                config_io.merge(config_io.merge(QAT_ONLY, BEFORE.get(Path(a.preset).name, {})),
+                                                VARIANTS[label]))
+    cfg = config_io.load(TrainConfig, a.preset, overrides)
+    run_dir = Path(a.out) / (f"v{list(VARIANTS).index(label)}" + (f"_s{seed}" if seed else ""))
+    print(f"[stress-recipe] {label}, seed {seed}", flush=True)
+    res = run_training(cfg, run_dir, init=a.init)
+    fp32 = res["stress"]["FP32 (fused)"]["psnr_rgb"], res["eval"]["FP32 (fused)"]["psnr_rgb"]
+    row = {"stress": gap(res["stress"]["INT8 TFLite"], res["stress"]["FP32 (fused)"]),
+           "eval": gap(res["eval"]["INT8 TFLite"], res["eval"]["FP32 (fused)"]), "fp32_stress": fp32[0],
+           "fp32_eval": fp32[1], "parity": res["parity"]}
+    model = load_model(run_dir / "checkpoints" / "deploy_fp32.safetensors")
+    row["stress_val"] = gap(eval_artifact(run_dir / "export" / "model_int8.tflite", splits["stress_val"], border),
+                            eval_fn(model.run, splits["stress_val"], border))
+    return row
 
 
 def main() -> None:
@@ -84,42 +108,33 @@ def main() -> None:
     ap.add_argument("--out", default="runs/stress_recipe")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", type=int, help="indices into the variant list (default: all)")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (rows of seed k > 0 go to vN_sK)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="training seeds (default 0; seed k > 0 runs in vN_sK); rows are compared on their mean")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     info = ModelInfo(task=Task.SR, scale=3)
     splits = {name: info.eval_pairs(SAMPLES / name) for name in ("stress_val", "stress", "eval")}
     chosen = [v for i, v in enumerate(VARIANTS) if a.variants is None or i in a.variants]
-    rows = {}
-    for k, label in enumerate(chosen):
-        overrides = config_io.merge({"threads": a.threads, "seed": a.seed,
-                                     "data": {"train_dir": str(SAMPLES / "train"), "eval_dir": str(SAMPLES / "eval"),
-                                              "stress_dir": str(SAMPLES / "stress")}},
-                                    config_io.merge(config_io.merge(QAT_ONLY, BEFORE.get(Path(a.preset).name, {})),
-                                                    VARIANTS[label]))
-        cfg = config_io.load(TrainConfig, a.preset, overrides)
-        run_dir = Path(a.out) / (f"v{list(VARIANTS).index(label)}" + (f"_s{a.seed}" if a.seed else ""))
-        print(f"[stress-recipe] {label}", flush=True)
-        res = run_training(cfg, run_dir, init=a.init)
-        row = {"stress": gap(res["stress"]["INT8 TFLite"], res["stress"]["FP32 (fused)"]),
-               "eval": gap(res["eval"]["INT8 TFLite"], res["eval"]["FP32 (fused)"]),
-               "fp32_stress": res["stress"]["FP32 (fused)"]["psnr_rgb"], "fp32_eval": res["eval"]["FP32 (fused)"]["psnr_rgb"]}
-        fp32 = load_model(run_dir / "checkpoints" / "deploy_fp32.safetensors")
-        fv = eval_artifact(run_dir / "export" / "model_int8.tflite", splits["stress_val"], info.border)
-        ff = eval_fn(fp32.run, splits["stress_val"], info.border)
-        row["stress_val"] = gap(fv, ff)
-        row["parity"] = res["parity"]
-        rows[label] = row
-    best = max(rows, key=lambda r: rows[r]["stress_val"])
-    out = {"preset": a.preset, "init": a.init, "rows": rows, "selected_on_stress_val": best}
+    runs = {label: [run_row(a, label, seed, splits, info.border) for seed in a.seeds] for label in chosen}
+    mean = {label: {k: float(np.mean([r[k] for r in rs])) for k in ("stress_val", "stress", "eval")}
+            for label, rs in runs.items()}
+    best = max(mean, key=lambda label: mean[label]["stress_val"])
+    out = {"preset": a.preset, "init": a.init, "seeds": a.seeds, "runs": runs, "mean": mean,
+           "selected_on_stress_val": best}
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / f"stress_recipe{f'_s{a.seed}' if a.seed else ''}.json").write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| step | INT8 - FP32 stress_val (select) | stress (report) | eval | FP32 stress / eval |\n"
-          "|---|---:|---:|---:|---:|")
-    for label, r in rows.items():
-        mark = " (selected)" if label == best else ""
-        print(f"| {label}{mark} | {r['stress_val']:+.3f} | {r['stress']:+.3f} | {r['eval']:+.3f} | "
-              f"{r['fp32_stress']:.3f} / {r['fp32_eval']:.3f} |")
+    name = "stress_recipe" + ("" if a.seeds == [0] else "_seeds" + "-".join(map(str, a.seeds)))
+    (Path(a.out) / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    fp32 = next(iter(runs.values()))[0]
+    print(f"\nFP32 PSNR-RGB: stress {fp32['fp32_stress']:.3f}, eval {fp32['fp32_eval']:.3f}; "
+          f"seeds {', '.join(map(str, a.seeds))}" + ("; mean +- std over seeds" if len(a.seeds) > 1 else ""))
+    print("\n| step | INT8 - FP32 stress_val (select) | stress (report) | eval |\n|---|---:|---:|---:|")
+    for label, rs in runs.items():
+        cells = [_cell([r[k] for r in rs]) for k in ("stress_val", "stress", "eval")]
+        print(f"| {label}{' (selected)' if label == best else ''} | " + " | ".join(cells) + " |")
+
+
+def _cell(values: list[float]) -> str:
+    return f"{np.mean(values):+.3f}" + (f" +- {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
 
 
 if __name__ == "__main__":

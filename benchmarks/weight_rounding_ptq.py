@@ -57,7 +57,7 @@ def main() -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "rounding_ptq.json").write_text(json.dumps({"init": a.init, "fp32": reference, "rows": rows},
                                                               indent=2) + "\n")
-    print(f"\nFP32 PSNR-RGB: " + ", ".join(f"{k} {v:.3f}" for k, v in reference.items()))
+    print("\nFP32 PSNR-RGB: " + ", ".join(f"{k} {v:.3f}" for k, v in reference.items()))
     print("\n| weight rounding (PTQ) | INT8 - FP32 stress_val | stress | eval | max LSB vs fake-quant |\n"
           "|---|---:|---:|---:|---:|")
     for rule, r in rows.items():
