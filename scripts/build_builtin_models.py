@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -90,34 +89,48 @@ def measure() -> dict:
     return {"sr": strip(rows_sr), "enhance": strip(rows_en)}
 
 
+# One CLI call in a fresh interpreter: its time inside Python, whether torch got imported, and its own
+# peak RSS from /proc/self/status VmHWM (ru_maxrss of children would carry over this process's peak
+# through fork + exec on Linux, as benchmarks/photo_path.py found: 1.9 GB reported for 0.47 GB).
+CLI_PROBE = """
+import re, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from quantir.cli import main
+main(sys.argv[1:])
+hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+print(time.perf_counter() - t0, "torch" in sys.modules, hwm_kb)
+"""
+
+
+def run_cli(args: list[str]) -> tuple[float, float, bool, float]:
+    """(wall s, in-process s, torch imported, peak RSS MB) of ``quantir ARGS`` in a fresh interpreter."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", CLI_PROBE, *args], capture_output=True, text=True, cwd=ROOT,
+                         check=True)
+    wall = time.perf_counter() - t0
+    in_process, torch_loaded, hwm_kb = out.stdout.strip().splitlines()[-1].split()  # after the CLI's own output
+    return wall, float(in_process), torch_loaded == "True", int(hwm_kb) / 1024
+
+
 def startup_and_large_photo(tmp: Path) -> dict:
     from PIL import Image
 
     tmp.mkdir(parents=True, exist_ok=True)
     small = tmp / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(small)
-    probe = ("import sys, time; t0 = time.perf_counter(); from quantir.cli import main;"
-             f"rc = main(['upscale', {str(small)!r}, '-o', {str(tmp / 'small_x3.png')!r}, '--overwrite', '--quiet']);"
-             "print(time.perf_counter() - t0, 'torch' in sys.modules)")
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
-    wall = time.perf_counter() - t0
-    in_process, torch_loaded = out.stdout.strip().splitlines()[-1].split()  # after the CLI's own output
+    wall, in_process, torch_loaded, _ = run_cli(["upscale", str(small), "-o", str(tmp / "small_x3.png"),
+                                                 "--overwrite", "--quiet"])
     # 24-megapixel photo: tiles keep memory bounded
     big = tmp / "big.jpg"
     y, x = np.mgrid[0:4000, 0:6000]
     img = np.stack([(x * 7 + y * 3) % 256, (x ^ y) % 256, (x * y // 97) % 256], axis=-1).astype(np.uint8)
     Image.fromarray(img).save(big, quality=90)
     del img
-    t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(QUANTIR + ["upscale", str(big), "-o", str(tmp / "big_x3.png"), "--overwrite", "--quiet"],
-                   check=True, cwd=ROOT)
-    big_s = time.perf_counter() - t0
-    peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    big_s, _, _, peak_mb = run_cli(["upscale", str(big), "-o", str(tmp / "big_x3.png"), "--overwrite", "--quiet"])
     with Image.open(tmp / "big_x3.png") as im:
         size = im.size
-    return {"cli_wall_s": wall, "in_process_s": float(in_process), "torch_imported": torch_loaded == "True",
+    return {"cli_wall_s": wall, "in_process_s": in_process, "torch_imported": torch_loaded,
             "big_photo": "6000x4000 JPEG", "big_output": list(size), "big_seconds": big_s, "big_peak_rss_mb": peak_mb}
 
 

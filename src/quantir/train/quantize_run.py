@@ -51,10 +51,10 @@ class QuantizeConfig:
     # residual values costs several dB (BENCHMARKS.md, benchmarks/byom_calibrators.py)
     calib_range: RangeMethod = RangeMethod.MSE
     calib_crops: int = 32
-    # Integer weight codes (QuantConfig.weight_rounding): sum-preserving keeps each kernel's response
-    # to flat regions; after PTQ it cut the INT8 loss on smooth photos 1.3-7x (BENCHMARKS.md
-    # "Sum-preserving weight rounding", chosen on the stress_val split).
-    weight_rounding: WeightRounding = "sum_preserving"
+    # Integer weight codes (QuantConfig.weight_rounding). Sum-preserving keeps each kernel's response
+    # to flat regions: after PTQ it cut the x3 nets' INT8 loss on smooth photos 1.3-7x, but cost a
+    # user-style SPAN net 0.4 dB (BENCHMARKS.md "Sum-preserving weight rounding"), so it is opt-in.
+    weight_rounding: WeightRounding = "nearest"
     crop: int = 64  # model-input crop size (LR pixels for SR)
     train: str | None = None  # unlabelled photos for QAT distillation (default: the calibration photos)
     steps: int = 300
