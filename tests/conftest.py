@@ -34,6 +34,31 @@ def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def short_sr_qat(make_model, config):
+    """(frozen x3 QAT model, float model): three seeded Adam steps on natural crops move weights and ranges."""
+    import torch
+
+    from quantir.data.resize import downscale
+    from quantir.quant.api import prepare_qat, set_phase
+
+    torch.manual_seed(0)
+    model = make_model()
+    x = torch.from_numpy(np.stack([downscale(natural_image(48, 48, seed=k), 3) for k in range(4)]))
+    x = x.permute(0, 3, 1, 2).float()
+    q = prepare_qat(model, x[:1], config)
+    with torch.no_grad():
+        q(x)
+    set_phase(q, "learn")
+    opt = torch.optim.Adam(q.parameters(), 1e-3)
+    for _ in range(3):
+        loss = (q(x) - torch.nn.functional.interpolate(x, scale_factor=3)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    set_phase(q, "freeze")
+    return q.eval(), model
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     try:

@@ -12,29 +12,16 @@ from quantir.export.runtime import load_runtime
 from quantir.models import create_model, reparameterize_model
 from quantir.models.apply import run_uint8
 from quantir.quant import checkpoint
-from quantir.quant.api import convert, prepare_qat, set_phase
+from quantir.quant.api import convert, prepare_qat
 from quantir.quant.config import QuantConfig
 from quantir.quant.fake_quant import ActFakeQuantize
-from tests.conftest import natural_image
+from tests.conftest import natural_image, short_sr_qat
 
 
 def _qat(aligned: bool, model=None):
-    torch.manual_seed(0)
-    model = model or create_model("mobileone_sr_anchor", channels=8, blocks=2, branches=2).eval()
-    x = torch.from_numpy(np.stack([downscale(natural_image(48, 48, seed=k), 3) for k in range(4)]))
-    x = x.permute(0, 3, 1, 2).float()
-    q = prepare_qat(model, x[:1], QuantConfig(residual_on_output_grid=aligned))
-    with torch.no_grad():
-        q(x)
-    set_phase(q, "learn")
-    opt = torch.optim.Adam(q.parameters(), 1e-3)
-    for _ in range(3):  # the learned ranges move: an unaligned residual leaves the grid
-        loss = (q(x) - torch.nn.functional.interpolate(x, scale_factor=3)).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    set_phase(q, "freeze")
-    return q.eval()
+    make = (lambda: model) if model is not None else (
+        lambda: create_model("mobileone_sr_anchor", channels=8, blocks=2, branches=2).eval())
+    return short_sr_qat(make, QuantConfig(residual_on_output_grid=aligned))[0]  # the ranges move off the grid
 
 
 def _output_add(path) -> tuple[list, tuple]:

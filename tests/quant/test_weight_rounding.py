@@ -11,10 +11,10 @@ from quantir.export import tflite_graph as tg
 from quantir.export.api import export_artifacts
 from quantir.models import create_model, reparameterize_model
 from quantir.quant import checkpoint
-from quantir.quant.api import convert, prepare_qat, set_phase
+from quantir.quant.api import convert
 from quantir.quant.config import QuantConfig
 from quantir.quant.fake_quant import WeightFakeQuantize, sum_preserving_codes
-from tests.conftest import natural_image
+from tests.conftest import natural_image, short_sr_qat
 
 
 def _codes_case() -> torch.Tensor:
@@ -69,22 +69,8 @@ def test_config_rejects_unknown_rounding_and_learned_clipping():
 
 
 def _qat(rounding: str):
-    torch.manual_seed(0)
-    model = reparameterize_model(create_model("mobileone_sr_tiny")).eval()
-    x = torch.from_numpy(np.stack([downscale(natural_image(48, 48, seed=k), 3) for k in range(4)]))
-    x = x.permute(0, 3, 1, 2).float()
-    q = prepare_qat(model, x[:1], QuantConfig(weight_rounding=rounding))
-    with torch.no_grad():
-        q(x)
-    set_phase(q, "learn")
-    opt = torch.optim.Adam(q.parameters(), 1e-3)
-    for _ in range(3):
-        loss = (q(x) - torch.nn.functional.interpolate(x, scale_factor=3)).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    set_phase(q, "freeze")
-    return q.eval(), model
+    return short_sr_qat(lambda: reparameterize_model(create_model("mobileone_sr_tiny")).eval(),
+                        QuantConfig(weight_rounding=rounding))
 
 
 def _tflite_filters(path) -> list[np.ndarray]:
