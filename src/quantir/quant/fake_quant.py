@@ -241,7 +241,8 @@ class WeightFakeQuantize(FakeQuantizeBase):
             # Straight-through inside the grid's range, as the nearest kernel's gradient is.
             scale = _broadcast(self.scale, w, self.ch_axis)
             t = w.detach() / scale
-            inside = (torch.round(t) >= self.quant_min) & (torch.round(t) <= self.quant_max)
+            nearest = torch.round(t)
+            inside = (nearest >= self.quant_min) & (nearest <= self.quant_max)
             return sum_preserving_codes(t, self.quant_min, self.quant_max) * scale + (w - w.detach()) * inside
         if self.clip_percentile is None or not self.gamma.requires_grad:
             return _fake_quant(w, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis)
