@@ -3,13 +3,15 @@
     python benchmarks/photo_path.py --photo data/samples/train/<a 10+ MP photo> --json runs/photo_path.json
 
 The photo is resized (Pillow LANCZOS) to each requested input size and saved as JPEG. For every
-case, in this one run: (1) the model's own time for those pixels: ``invoke`` of the artifact on
-pre-quantized tiles cut from the photo (the median of five), times (photo pixels / tile pixels),
-no overlap, no I/O, timed before and after the case and averaged; (2) the photo
-path split into decode, inference (every tile's ``run``, overlap included), stitching and encode;
-(3) ``quantir upscale`` / ``enhance`` end to end in a fresh process: wall time and peak RSS (its
-VmHWM). The ratio end-to-end / model is what the photo path costs on top of the model.
-Torch-free (TFLite runtime only).
+case, in this one run: (1) the model's own time for those pixels: ``invoke`` of the artifact with
+``--threads`` threads on pre-quantized tiles cut from the photo (the median of five), times
+(photo pixels / tile pixels), no overlap, no I/O, timed before and after the case and averaged;
+also the same for the photo path's tile workers (single-threaded copies invoking side by side,
+``workers_s``); (2) the photo path split into decode, inference (every tile's ``run``, overlap
+included, summed over workers / workers), stitching and encode wait; (3) ``quantir upscale`` /
+``enhance`` end to end in a fresh process: wall time and peak RSS (its VmHWM); with ``--floor``
+once more with a writer that drops the rows. The ratio end-to-end / model is what the photo path
+costs on top of the model. Torch-free (TFLite runtime only).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,7 @@ from quantir.data.io import STREAMED_FORMATS, load_photo, output_format, write_b
 from quantir.data.png_stream import PNGStreamWriter
 from quantir.data.tiling import stack_bands
 from quantir.cli.args import tile_size
+from quantir.evaluate.predictors import load_model
 from quantir.infer import Processor, builtin_model
 
 # Peak RSS from /proc/self/status VmHWM: ru_maxrss would carry over this (large) parent's peak
@@ -36,23 +41,48 @@ from quantir.infer import Processor, builtin_model
 RUN_CLI = """
 import re, sys, time
 from pathlib import Path
+import quantir.data.io
 from quantir.cli import main
+class NullWriter:  # --floor: a writer that drops the rows, to see what the path costs without encoding
+    def __init__(self, *args, **kwargs): pass
+    def write(self, rows): pass
+    def close(self): pass
+args = sys.argv[1:]
+if args[0] == "--null-writer":
+    args = args[1:]
+    quantir.data.io.PNGStreamWriter = quantir.data.io.JPEGStreamWriter = NullWriter
 t = time.perf_counter()
-code = main(sys.argv[1:])
+code = main(args)
 hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 print(time.perf_counter() - t, hwm_kb, code)
 """
 
 
-def model_only_seconds(proc: Processor, pixels: int, tile: int | tuple[int, int], photo: np.ndarray | None = None,
+def model_only_seconds(rts: list, pixels: int, tile: int | tuple[int, int], photo: np.ndarray | None = None,
                        repeats: int = 5) -> float:
     """The artifact's invoke on tile-sized inputs (a side or (height, width)), scaled to ``pixels`` input pixels.
 
     Tiles are cut from ``photo`` (real content, a different one per repeat; a flat grey tile
     without a photo); the median over repeats, since a shared 2-core box moves single timings by
-    10-15 %.
+    10-15 %. With several runtimes (``rts``), each invokes the same tiles at once on its own thread
+    (the photo path's tile workers) and a repeat's time is shared by their tiles.
     """
-    rt = proc.model
+    if len(rts) > 1:  # every runtime allocates, then all start together; the slowest one's total is the wall time
+        start = threading.Barrier(len(rts))
+        with ThreadPoolExecutor(len(rts)) as pool:
+            totals = [sum(t) for t in pool.map(lambda rt: model_only_times(rt, tile, photo, repeats, start), rts)]
+        return max(totals) * pixels / (len(rts) * repeats * tile_pixels(tile, photo))
+    return float(np.median(model_only_times(rts[0], tile, photo, repeats))) * pixels / tile_pixels(tile, photo)
+
+
+def tile_pixels(tile: int | tuple[int, int], photo: np.ndarray | None) -> int:
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    return min(th, photo.shape[0]) * min(tw, photo.shape[1]) if photo is not None else th * tw
+
+
+def model_only_times(rt, tile: int | tuple[int, int], photo: np.ndarray | None, repeats: int,
+                     start: threading.Barrier | None = None) -> list[float]:
+    """Seconds of each of ``repeats`` invokes (after one to allocate, and ``start`` if given)."""
     th, tw = (tile, tile) if isinstance(tile, int) else tile
     if photo is None:
         tiles = [np.full((th, tw, 3), 128, np.uint8)] * repeats
@@ -63,29 +93,41 @@ def model_only_seconds(proc: Processor, pixels: int, tile: int | tuple[int, int]
                  for k in range(repeats)]
     xs = [rt.quantize(np.ascontiguousarray(t)[None]) for t in tiles]
     rt.invoke(xs[0])  # allocate once
+    if start is not None:
+        start.wait()
     times = []
     for x in xs:
         t = time.perf_counter()
         rt.invoke(x)
         times.append(time.perf_counter() - t)
-    return float(np.median(times)) * pixels / (th * tw)
+    return times
 
 
 def split(proc: Processor, path: Path, out: Path) -> dict:
-    """Decode / inference / stitching / encode of one photo, the way Processor.process runs it."""
+    """Decode / inference / stitching / encode of one photo, the way Processor.process runs it.
+
+    With several tile workers, *inference* is the tiles' summed ``run`` time divided by the number
+    of workers (the wall time they would take if they never waited for each other or a core), and
+    *stitching* is the rest of the time spent pulling bands from the tiler.
+    """
     t0 = time.perf_counter()
     photo = load_photo(path, scale=proc.scale)
     decode = time.perf_counter() - t0
     infer = [0.0]
-    run = proc.model.run
+    lock = threading.Lock()
+    runs = [rt.run for rt in proc.workers]
 
-    def timed(tile_img):
-        t = time.perf_counter()
-        y = run(tile_img)
-        infer[0] += time.perf_counter() - t
-        return y
+    def timed(run):
+        def call(tile_img):
+            t = time.perf_counter()
+            y = run(tile_img)
+            with lock:
+                infer[0] += time.perf_counter() - t
+            return y
+        return call
 
-    proc.model.run = timed
+    for rt, run in zip(proc.workers, runs):
+        rt.run = timed(run)
     h, w = photo.rgb.shape[:2]
     oh, ow = h * proc.scale, w * proc.scale
     produce = [0.0]
@@ -107,8 +149,10 @@ def split(proc: Processor, path: Path, out: Path) -> dict:
         held = stack_bands(bands(), oh)  # WEBP/TIFF: Pillow encodes the whole image at once
         write_image(out, held, icc_profile=photo.icc_profile)
     total = time.perf_counter() - t1
-    proc.model.run = run
-    return {"decode_s": decode, "inference_s": infer[0], "stitch_s": produce[0] - infer[0],
+    for rt, run in zip(proc.workers, runs):
+        rt.run = run
+    inference = infer[0] / len(proc.workers)
+    return {"decode_s": decode, "inference_s": inference, "stitch_s": produce[0] - inference,
             "encode_s": total - produce[0], "path_s": decode + total, "out_mb": out.stat().st_size / 1e6}
 
 
@@ -123,13 +167,17 @@ def writer_seconds(out: np.ndarray, path: Path, fast: bool, prefix: str, band: i
     return {f"{prefix}_writer_s": time.perf_counter() - t, f"{prefix}_mb": path.stat().st_size / 1e6}
 
 
-def end_to_end(cmd: str, src: Path, out: Path, tile: tuple[int, int], threads: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", RUN_CLI, cmd, str(src), "-o", str(out), "--overwrite", "--quiet",
-                          "--tile", f"{tile[0]}x{tile[1]}", "--threads", str(threads)], capture_output=True, text=True)
+def end_to_end(cmd: str, src: Path, out: Path, tile: tuple[int, int], threads: int, null_writer: bool = False,
+               prefix: str = "") -> dict:
+    """``quantir CMD`` in a fresh process: wall time and peak RSS; ``null_writer``: the streamed
+    output's encoder replaced by one that drops the rows (what the path costs without encoding)."""
+    res = subprocess.run([sys.executable, "-c", RUN_CLI] + (["--null-writer"] if null_writer else [])
+                         + [cmd, str(src), "-o", str(out), "--overwrite", "--quiet",
+                            "--tile", f"{tile[0]}x{tile[1]}", "--threads", str(threads)], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{cmd} failed: {res.stderr.strip().splitlines()[-1]}")
     wall, rss_kb, _ = res.stdout.split()[-3:]
-    return {"e2e_s": float(wall), "peak_rss_gb": int(rss_kb) / 1e6}
+    return {f"{prefix}e2e_s": float(wall), f"{prefix}peak_rss_gb": int(rss_kb) / 1e6}
 
 
 def main() -> None:
@@ -143,20 +191,22 @@ def main() -> None:
                     help="tile bound N or HxW (default: the CLI's per task)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pillow", action="store_true",
-                    help="also time Pillow's PNG encoder (level 6) and quantir's streaming writer with zlib-ng's "
+                    help="also time Pillow's PNG encoder (level 6) and quantir's streaming writer with ISA-L's "
                          "and the stdlib's deflater on the same output, for PNG cases")
     ap.add_argument("--sweep", type=tile_size(8, 16384), nargs="*", default=[],
                     help="also print the SR model's invoke time per input pixel at these tile sizes (N or HxW)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run the command end to end with a writer that drops the rows (no encoding)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from quantir.cli.infer_cmd import COMMANDS
 
     rows = []
     if args.sweep:
-        proc = Processor(builtin_model("sr"), "sr", 3, threads=args.threads)
-        overlap = 2 * proc.model.radius if proc.model.radius is not None else 32  # what the photo path recomputes
+        rt = load_model(builtin_model("sr"), threads=args.threads)
+        overlap = 2 * rt.radius if rt.radius is not None else 32  # what the photo path recomputes
         for th, tw in args.sweep:
-            per_px = model_only_seconds(proc, 1, (th, tw), repeats=5)
+            per_px = model_only_seconds([rt], 1, (th, tw), repeats=5)
             print(json.dumps({"tile": f"{th}x{tw}", "ns_per_px": round(per_px * 1e9, 1), "overlap_px": overlap,
                               "with_overlap": round(per_px * 1e9 * th * tw / ((th - overlap) * (tw - overlap)), 1)}),
                   flush=True)
@@ -172,26 +222,37 @@ def main() -> None:
             if not src.exists():
                 base.resize((w, h), Image.LANCZOS).save(src, quality=95)
             proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=tile, threads=args.threads)
+            # the model's own time: one runtime on all the threads, as `quantir bench` runs it; and the
+            # throughput of the photo path's tile workers (single-threaded copies) running side by side
+            rts = {"model": [load_model(builtin_model(task), threads=args.threads)], "workers": proc.workers}
             pixels = np.asarray(Image.open(src).convert("RGB"))
             # the reference is square tiles of the bound's shorter side: the same reference for every tile
             # shape (the time per pixel is flat across shapes, --sweep), so rows of different shapes compare
             ref = min(tile)
-            before = model_only_seconds(proc, w * h, ref, pixels)
-            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": f"{tile[0]}x{tile[1]}"}
+            before = {k: model_only_seconds(v, w * h, ref, pixels) for k, v in rts.items()}
+            row = {"case": f"{cmd} {w}x{h} JPEG -> {ext.upper()}", "tile": f"{tile[0]}x{tile[1]}",
+                   "workers": len(proc.workers)}
             row.update(split(proc, src, tmp / f"split.{ext}"))
             if args.pillow and ext == "png":
                 out = np.asarray(Image.open(tmp / "split.png"))
                 t = time.perf_counter()
                 Image.fromarray(out).save(tmp / "pillow.png")
                 row.update(pillow_encode_s=time.perf_counter() - t, pillow_mb=(tmp / "pillow.png").stat().st_size / 1e6)
-                for fast in (True, False):  # quantir's writer with zlib-ng's deflater, then the stdlib's
-                    row.update(writer_seconds(out, tmp / "writer.png", fast, prefix="zlibng" if fast else "stdlib"))
+                for fast in (True, False):  # quantir's writer with ISA-L's deflater, then the stdlib's
+                    row.update(writer_seconds(out, tmp / "writer.png", fast, prefix="isal" if fast else "stdlib"))
                 del out
             row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads))
-            after = model_only_seconds(proc, w * h, ref, pixels)
+            if args.floor:
+                row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads, null_writer=True,
+                                      prefix="no_encode_"))
+            after = {k: model_only_seconds(v, w * h, ref, pixels) for k, v in rts.items()}
             # the model is timed before and after the photo path, and the mean is the reference
-            row.update(model_s=(before + after) / 2, model_before_s=before, model_after_s=after)
+            row.update(model_s=(before["model"] + after["model"]) / 2, model_before_s=before["model"],
+                       model_after_s=after["model"], workers_s=(before["workers"] + after["workers"]) / 2)
             row["ratio"] = row["e2e_s"] / row["model_s"]
+            row["ratio_to_workers"] = row["e2e_s"] / row["workers_s"]
+            if args.floor:
+                row["no_encode_ratio"] = row["no_encode_e2e_s"] / row["model_s"]
             del pixels
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

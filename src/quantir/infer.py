@@ -17,7 +17,7 @@ from PIL import Image
 
 from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, STREAMED_FORMATS, WRITE_FORMATS, Photo, list_images,
                              load_photo, output_format, write_bands, write_image)
-from quantir.data.tiling import exact_overlap, stack_bands, tiled_bands
+from quantir.data.tiling import exact_overlap, stack_bands, tile_plan, tiled_bands
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
 from quantir.evaluate.predictors import load_model
@@ -134,8 +134,25 @@ def compare_image(before: np.ndarray, after: np.ndarray, max_width: int = 4096) 
     return canvas
 
 
+MAX_WORKERS = 8  # tile workers at most: each holds an interpreter and its buffers (memory grows with them)
+
+
+def worker_split(threads: int, backend: str) -> tuple[int, int]:
+    """(workers, threads per worker) for ``threads`` CPU threads: single-threaded interpreters on
+    different tiles (``tiling.map_ordered``: no barrier between a tile's ops, so a core lent to the
+    encoder costs only its own time); the torch backend keeps one predictor with all the threads."""
+    if backend == "torch" or threads <= 1:
+        return 1, max(1, threads)
+    workers = min(threads, MAX_WORKERS)
+    return workers, threads // workers
+
+
 class Processor:
-    """Runs one model over photos; ``tile`` bounds the tiles in input pixels: a side, or (height, width)."""
+    """Runs one model over photos; ``tile`` bounds the tiles in input pixels: a side, or (height, width).
+
+    ``threads`` CPU threads run as :func:`worker_split` says: the tiles of a photo are shared out
+    among that many copies of the model, and the output is the same bits as with one.
+    """
 
     def __init__(self, model_path: Path, task: str, scale: int, backend: str = "tflite",
                  tile: int | tuple[int, int] = 256, threads: int = 2):
@@ -143,9 +160,23 @@ class Processor:
         if min(th, tw) < min_tile(task):
             raise ConfigError(f"tile {th}x{tw} is too small: use at least {min_tile(task)} input pixels a side")
         self.task, self.backend, self.tile = task, backend, (th, tw)
-        self.model = load_model(model_path, threads=threads, backend=backend)
+        workers, per_worker = worker_split(threads, backend)
+        self.model = load_model(model_path, threads=per_worker, backend=backend)
         self.model.check(task=task, scale=scale)
+        self.workers = [self.model] + [load_model(model_path, threads=per_worker, backend=backend)
+                                       for _ in range(workers - 1)]
         self.scale = self.model.scale
+        self._path, self._threads = model_path, threads
+        self._whole = self.model if workers == 1 else None  # all threads on one tile: loaded when needed
+
+    def _tile_runs(self, tiles: int) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """The workers' ``run`` for a photo of this many tiles; a photo of one tile gets one copy of
+        the model with all the threads (a single-threaded worker would take twice as long)."""
+        if tiles > 1:
+            return [rt.run for rt in self.workers[:tiles]]
+        if self._whole is None:
+            self._whole = load_model(self._path, threads=self._threads, backend=self.backend)
+        return [self._whole.run]
 
     def bands(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
@@ -163,8 +194,10 @@ class Processor:
         oh, ow = h * self.scale, w * self.scale
         overlap, margin = tile_overlap(self.model.info.task, self.model.radius)
         tile = (self.tile[0] - self.tile[0] % m, self.tile[1] - self.tile[1] % m)
-        for row, band in tiled_bands(canvas, self.model.run, scale=self.scale, tile=tile, overlap=overlap,
-                                     margin=margin, on_tile=on_tile, align=m):
+        ys, xs = tile_plan(*canvas.shape[:2], tile, overlap, margin, m)[3:]
+        runs = self._tile_runs(len(ys) * len(xs))  # one per worker thread: tiles run in parallel, same bits
+        for row, band in tiled_bands(canvas, runs, scale=self.scale, tile=tile, overlap=overlap, margin=margin,
+                                     on_tile=on_tile, align=m):
             if row < oh:
                 yield row, band[: oh - row, :ow]
 

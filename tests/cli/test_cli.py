@@ -165,3 +165,23 @@ def test_band_wise_png_equals_the_whole_image_output(sr_model, enhance_model, tm
     assert np.array_equal(streamed, held)
     if task == "sr":
         assert np.array_equal(streamed, load_model(model).run(np.asarray(Image.open(src))))
+
+
+@pytest.mark.parametrize("task", ["sr", "enhance"])
+def test_tile_workers_give_the_bits_of_one_worker(sr_model, enhance_model, task):
+    """--threads 3 shares the tiles among three single-threaded copies of the model (TFLite and
+    ONNX); the output is the one-worker output to the bit, cross-faded seams (the U-Net) included."""
+    from quantir.infer import Processor, min_tile
+
+    model = sr_model if task == "sr" else enhance_model
+    img = natural_image(2 * min_tile(task) + 21, 3 * min_tile(task) + 13)
+    scale = 3 if task == "sr" else 1
+    one = Processor(model, task, scale, tile=min_tile(task), threads=1)
+    three = Processor(model, task, scale, tile=min_tile(task), threads=3)
+    assert len(one.workers) == 1 and len(three.workers) == 3
+    assert np.array_equal(one.run(img), three.run(img))
+    small = img[:min_tile(task), :min_tile(task)]  # one tile: one copy of the model with all the threads
+    assert np.array_equal(one.run(small), three.run(small)) and three._whole not in three.workers
+    onnx = model.with_suffix(".onnx")  # exported beside the TFLite file by the fixture
+    a = Processor(onnx, task, scale, backend="onnx", tile=min_tile(task), threads=1).run(img)
+    assert np.array_equal(a, Processor(onnx, task, scale, backend="onnx", tile=min_tile(task), threads=2).run(img))

@@ -21,7 +21,7 @@ def _stream(rows, channels, bands, icc=None, fast=True):
     return Image.open(buf)
 
 
-@pytest.mark.parametrize("fast", [True, False])  # zlib-ng's deflater, and the stdlib zlib without it
+@pytest.mark.parametrize("fast", [True, False])  # ISA-L's deflater, and the stdlib zlib without it
 @pytest.mark.parametrize("channels,mode", [(1, "L"), (2, "LA"), (3, "RGB"), (4, "RGBA")])
 def test_streamed_png_decodes_to_the_same_pixels(channels, mode, fast):
     rng = np.random.default_rng(channels)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quantir.data.tiling import fit_tile, tile_plan, tile_starts, tiled_apply
+from quantir.data.tiling import fit_tile, map_ordered, tile_plan, tile_starts, tiled_apply
 from tests.conftest import natural_image
 
 
@@ -112,3 +112,52 @@ def test_hard_cut_copies_each_pixel_from_one_tile(scale):
     # float rounding of convolutions of another size: no blending adds any)
     net = _conv_net(scale)
     assert np.abs(tiled_apply(img, net, scale=scale, tile=64, overlap=16, margin=8) - net(img)).max() < 1e-5
+
+
+def test_map_ordered_keeps_order_and_gives_each_fn_one_thread_at_a_time():
+    """Results come back in input order, whichever worker finished first, and no fn is ever entered
+    by two threads at once (each stands for a runtime that owns its interpreter)."""
+    import threading
+    import time
+
+    busy = [threading.Lock() for _ in range(3)]
+    used = set()
+
+    def make(k):
+        def fn(x):
+            assert busy[k].acquire(blocking=False), f"fn {k} entered by two threads"
+            try:
+                time.sleep(0.002 * (int(x[0]) % 3))  # finish out of order
+                used.add(k)
+                return x * 2
+            finally:
+                busy[k].release()
+        return fn
+
+    items = [np.array([i]) for i in range(40)]
+    out = list(map_ordered([make(k) for k in range(3)], items))
+    assert [int(o[0]) for o in out] == [2 * i for i in range(40)]
+    assert len(used) > 1  # really in parallel
+
+
+def test_map_ordered_raises_a_worker_error_and_stops():
+    started = []
+
+    def fn(x):
+        started.append(int(x[0]))
+        if x[0] == 5:
+            raise ValueError("bad tile")
+        return x
+
+    with pytest.raises(ValueError, match="bad tile"):
+        list(map_ordered([fn, fn], (np.array([i]) for i in range(1000))))
+    assert len(started) < 20  # the lookahead is bounded: the rest was never submitted
+
+
+@pytest.mark.parametrize("margin", [5, 8])  # a cross-fade, and a hard cut
+def test_parallel_workers_give_the_same_bits_as_one(margin):
+    img = natural_image(150, 211, seed=4)
+    fn = _conv_net(3)
+    one = tiled_apply(img, fn, scale=3, tile=64, overlap=16, margin=margin)
+    three = tiled_apply(img, [_conv_net(3) for _ in range(3)], scale=3, tile=64, overlap=16, margin=margin)
+    assert np.array_equal(one, three)

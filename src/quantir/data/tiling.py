@@ -7,14 +7,59 @@ tiles sum to one. For a convolutional model whose receptive-field radius is at m
 each output pixel is then a convex combination of identical values and the result equals the
 untiled run up to float rounding; with ``margin`` = half the overlap there is no cross-fade, each
 output pixel is copied from the one tile that owns it, and the result is the untiled run exactly.
+Tiles can run on several worker threads (``map_ordered``): one callable per worker, results
+taken in tile order, so the bands are the same bits whatever the number of workers.
 numpy only, so the torch-free inference path can use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import queue
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+def map_ordered(fns: Sequence[TileFn], items: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """``fn(item)`` for every item, in order, on ``len(fns)`` threads; each ``fn`` is called by one
+    thread at a time (a model runtime that owns its interpreter and its buffers).
+
+    Why threads and not one runtime with more threads: the TFLite and ONNX runtimes release the GIL
+    while they compute, and on 2 cores two single-threaded interpreters on different tiles
+    do about 13 % more pixels per second than one interpreter on two threads, whose threads meet at
+    a barrier after every op and wait there whenever the encoder thread takes a core
+    (BENCHMARKS.md "Photo path"). At most ``len(fns) + 1`` results are held.
+    """
+    if len(fns) == 1:
+        yield from map(fns[0], items)
+        return
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for fn in fns:
+        free.put(fn)
+
+    def call(item):
+        fn = free.get()
+        try:
+            return fn(item)
+        finally:
+            free.put(fn)
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(len(fns), thread_name_prefix="tile") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(call, item))
+                if len(pending) > len(fns):  # keep every worker busy, and no more
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early (an error downstream): drop what has not started
+            for fut in pending:
+                fut.cancel()
 
 
 def exact_overlap(radius: int | None, default: int, default_margin: int | None) -> tuple[int, int | None]:
@@ -142,7 +187,7 @@ def fit_tile(size: int, tile: int, overlap: int, align: int = 1) -> int:
     return fitted if fitted <= tile and len(tile_starts(size, fitted, overlap, align)) == n else tile
 
 
-def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale: int = 1,
+def tiled_bands(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1,
                 tile: int | tuple[int, int] = 256, overlap: int = 32, margin: int | None = None,
                 on_tile: Callable[[int, int], None] | None = None,
                 align: int = 1) -> Iterator[tuple[int, np.ndarray]]:
@@ -154,7 +199,8 @@ def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
     ``margin`` defaults to a third of the overlap; ``margin = overlap / 2`` is a hard cut in the middle
     of each overlap (no float blending at all: for models whose tiles agree exactly, whose
     receptive-field radius is at most half the overlap). Tile origins are multiples of ``align``.
-    ``on_tile(done, total)`` is called after each tile.
+    ``on_tile(done, total)`` is called after each tile. ``fn`` may be a sequence of equivalent
+    callables, one per worker thread (:func:`map_ordered`): the tiles then run in parallel.
 
     Where one tile has weight exactly one (every other tile weight zero) its pixels are copied; only
     the cross-fade strips (about a tenth of the pixels at the default sizes) are accumulated in
@@ -163,10 +209,11 @@ def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
     the same bits as that sum at a fraction of its memory traffic.
     """
     h, w = image.shape[:2]
+    fns = list(fn) if isinstance(fn, Sequence) else [fn]
     th, tw, margin, ys, xs = tile_plan(h, w, tile, overlap, margin, align)
     total, done = len(ys) * len(xs), 0
     if total == 1:
-        out = fn(image)
+        out = fns[0](image)
         if on_tile:
             on_tile(1, 1)
         yield 0, out
@@ -177,15 +224,15 @@ def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
     cols = np.flatnonzero(_strips(wxs, x_spans, ow))  # the vertical strips (output columns)
     strip_rows = _strips(wys, y_spans, h * scale)
     carry = None  # (pixels, strip rows acc/wsum, strip columns acc/wsum) of rows shared with the next band
+    results = map_ordered(fns, (image[y0:min(y0 + th, h), x0:min(x0 + tw, w)] for y0 in ys for x0 in xs))
     for i, y0 in enumerate(ys):
         y1 = min(y0 + th, h)
         wy = wys[i]
         rows = np.flatnonzero(strip_rows[y_spans[i][0]:y_spans[i][1]])  # band rows of the horizontal strips
         ry = _ones(wy)
         buf = acc_r = ws_r = acc_c = ws_c = dtype = None
-        for j, x0 in enumerate(xs):
-            x1 = min(x0 + tw, w)
-            res = fn(image[y0:y1, x0:x1])
+        for j in range(len(xs)):
+            res = next(results)
             res3 = res if res.ndim == 3 else res[..., None]
             a, b = x_spans[j]
             if buf is None:
@@ -236,7 +283,7 @@ def tiled_bands(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale
         yield y0 * scale, band if res.ndim == 3 else band[..., 0]
 
 
-def tiled_apply(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], scale: int = 1,
+def tiled_apply(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1,
                 tile: int | tuple[int, int] = 256,
                 overlap: int = 32, margin: int | None = None,
                 on_tile: Callable[[int, int], None] | None = None, align: int = 1) -> np.ndarray:
