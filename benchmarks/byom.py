@@ -77,8 +77,11 @@ def main() -> int:
     ap.add_argument("--fp32-steps", type=int, default=1500)
     ap.add_argument("--qat-steps", type=int, default=300)
     ap.add_argument("--nets", nargs="+", default=list(NETS))
+    ap.add_argument("--reuse-fp32", action="store_true",
+                    help="load OUT/<net>/fp32.pt where an earlier run saved it instead of training again")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (TFLite timings always use 2)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     photos = image_files(args.train)
     rows = []
@@ -86,10 +89,13 @@ def main() -> int:
         make, pixel_max = NETS[name]
         torch.manual_seed(0)
         t0 = time.time()
-        net = train_fp32(make(), pixel_max, photos, args.fp32_steps)
-        fp32_min = (time.time() - t0) / 60
-        (out / name).mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), out / name / "fp32.pt")
+        if args.reuse_fp32 and (out / name / "fp32.pt").is_file():
+            net, fp32_min = make_loaded(make, out / name / "fp32.pt"), None
+        else:
+            net = train_fp32(make(), pixel_max, photos, args.fp32_steps)
+            fp32_min = (time.time() - t0) / 60
+            (out / name).mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), out / name / "fp32.pt")
         info = ModelInfo(task="sr", scale=SCALE, pixel_max=pixel_max)
         pairs = info.eval_pairs(args.eval)
         stress = info.eval_pairs(args.stress) if Path(args.stress).is_dir() else None
@@ -100,10 +106,12 @@ def main() -> int:
                "fp32": evaluate(lambda im: run_uint8(wrapped, im), pairs, border=SCALE)["psnr_rgb"]}
         if stress is not None:
             row["fp32_stress"] = evaluate(lambda im: run_uint8(wrapped, im), stress, border=SCALE)["psnr_rgb"]
-        # PTQ with each weight-rounding rule, and QAT with sum-preserving rounding (BENCHMARKS.md
-        # "Sum-preserving weight rounding"); each rule is named, whatever quantize's default.
+        # PTQ with each weight-rounding rule and with the automatic choice between them, and QAT with
+        # sum-preserving rounding (BENCHMARKS.md "Sum-preserving weight rounding"); each rule is named,
+        # whatever quantize's default.
         for key, mode, steps, rounding in (("ptq", "ptq", 0, "sum_preserving"),
                                            ("ptq_nearest", "ptq", 0, "nearest"),
+                                           ("ptq_auto", "ptq", 0, "auto"),
                                            ("qat", "qat", args.qat_steps, "sum_preserving")):
             t0 = time.time()
             cfg = QuantizeConfig(model=name, calib=args.train, mode=mode, steps=steps, batch=4, crop=32, lr=2e-5,
@@ -115,6 +123,8 @@ def main() -> int:
             if stress is not None:
                 row[f"{key}_stress"] = evaluate(rt.run, stress, border=SCALE)["psnr_rgb"]
             row[f"{key}_max_lsb"] = res["parity"].backends["tflite"].max_lsb
+            if res["weight_rounding"]:  # auto: the rule chosen and its held-out scores
+                row[f"{key}_rounding"] = res["weight_rounding"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     # latency in one interleaved run, next to the built-in x3 model (a reference on this machine)
@@ -136,11 +146,13 @@ def main() -> int:
     print(f"(built-in x3 model in the same timing run: {builtin_ms:.1f} ms)")
     if all("fp32_stress" in r for r in rows):
         print(f"\nStress photos ({args.stress}), INT8 TFLite - FP32 (PSNR-RGB):\n\n"
-              "| model | FP32 | PTQ, nearest rounding | PTQ, sum-preserving | QAT, sum-preserving |\n"
-              "|---|---:|---:|---:|---:|")
+              "| model | FP32 | PTQ, nearest rounding | PTQ, sum-preserving | PTQ, auto (chosen) | QAT, sum-preserving |\n"
+              "|---|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['model']} | {r['fp32_stress']:.3f} | " + " | ".join(
-                f"{r[k + '_stress'] - r['fp32_stress']:+.3f}" for k in ("ptq_nearest", "ptq", "qat")) + " |")
+                f"{r[k + '_stress'] - r['fp32_stress']:+.3f}" for k in ("ptq_nearest", "ptq")) +
+                f" | {r['ptq_auto_stress'] - r['fp32_stress']:+.3f} ({r['ptq_auto_rounding']['chosen']})"
+                f" | {r['qat_stress'] - r['fp32_stress']:+.3f} |")
     return 0
 
 

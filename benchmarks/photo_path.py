@@ -36,13 +36,12 @@ from quantir.cli.args import tile_size
 from quantir.evaluate.predictors import load_model
 from quantir.infer import Processor, builtin_model
 
-# Peak RSS from /proc/self/status VmHWM: ru_maxrss would carry over this (large) parent's peak
-# through fork + exec on Linux.
+# Peak RSS from inside the child (utils.peak_rss_kb: ru_maxrss would carry over this large parent's peak)
 RUN_CLI = """
-import re, sys, time
-from pathlib import Path
+import sys, time
 import quantir.data.io
 from quantir.cli import main
+from quantir.utils import peak_rss_kb
 class NullWriter:  # --floor: a writer that drops the rows, to see what the path costs without encoding
     def __init__(self, *args, **kwargs): pass
     def write(self, rows): pass
@@ -53,8 +52,7 @@ if args[0] == "--null-writer":
     quantir.data.io.PNGStreamWriter = quantir.data.io.JPEGStreamWriter = NullWriter
 t = time.perf_counter()
 code = main(args)
-hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
-print(time.perf_counter() - t, hwm_kb, code)
+print(time.perf_counter() - t, peak_rss_kb(), code)
 """
 
 

@@ -27,7 +27,7 @@ from quantir.export.config import ExportConfig
 from quantir.train.quantize_run import QuantizeConfig, load_any, quantize_model
 
 SAMPLES = ROOT / "data" / "samples"
-RULES = ("nearest", "sum_preserving")
+RULES = ("nearest", "sum_preserving", "auto")  # auto: quantize's own choice, on held-out calibration crops
 SPLITS = ("stress_val", "stress", "eval")
 
 
@@ -54,6 +54,8 @@ def main() -> None:
                   for name, pairs in splits.items()}
         rows[rule] = {name: scores[name] - reference[name] for name in SPLITS}
         rows[rule]["max_lsb"] = res["parity"].backends["tflite"].max_lsb
+        if res["weight_rounding"]:
+            rows[rule]["chosen"] = res["weight_rounding"]
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "rounding_ptq.json").write_text(json.dumps({"init": a.init, "fp32": reference, "rows": rows},
                                                               indent=2) + "\n")
@@ -61,7 +63,8 @@ def main() -> None:
     print("\n| weight rounding (PTQ) | INT8 - FP32 stress_val | stress | eval | max LSB vs fake-quant |\n"
           "|---|---:|---:|---:|---:|")
     for rule, r in rows.items():
-        print(f"| {rule} | {r['stress_val']:+.3f} | {r['stress']:+.3f} | {r['eval']:+.3f} | {r['max_lsb']} |")
+        name = f"auto ({r['chosen']['chosen']})" if "chosen" in r else rule
+        print(f"| {name} | {r['stress_val']:+.3f} | {r['stress']:+.3f} | {r['eval']:+.3f} | {r['max_lsb']} |")
 
 
 if __name__ == "__main__":

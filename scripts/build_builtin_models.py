@@ -93,13 +93,12 @@ def measure() -> dict:
 # peak RSS from /proc/self/status VmHWM (ru_maxrss of children would carry over this process's peak
 # through fork + exec on Linux, as benchmarks/photo_path.py found: 1.9 GB reported for 0.47 GB).
 CLI_PROBE = """
-import re, sys, time
-from pathlib import Path
+import sys, time
 t0 = time.perf_counter()
 from quantir.cli import main
+from quantir.utils import peak_rss_kb
 main(sys.argv[1:])
-hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
-print(time.perf_counter() - t0, "torch" in sys.modules, hwm_kb)
+print(time.perf_counter() - t0, "torch" in sys.modules, peak_rss_kb())
 """
 
 

@@ -131,3 +131,17 @@ def import_torchao():
         warnings.simplefilter("ignore")
         logging.getLogger("torchao").setLevel(logging.ERROR)
         import torchao.quantization.pt2e  # noqa: F401
+
+
+def peak_rss_kb() -> int | None:
+    """This process's peak resident memory in kB: VmHWM of /proc/self/status (None off Linux).
+
+    Benchmarks run the CLI in a child and print this from inside it: the ``ru_maxrss`` a parent
+    reads for its children carries the parent's own peak over through fork + exec on Linux.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"VmHWM:\s+(\d+)", status)
+    return int(found.group(1)) if found else None

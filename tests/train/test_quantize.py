@@ -128,3 +128,45 @@ def test_model_card_lists_the_rewrites_and_counts_macs(quantized):
     macs = next(ln for ln in card.splitlines() if ln.startswith("- MACs per input pixel"))
     assert not macs.startswith("- MACs per input pixel: 0 ")
     assert ("scales learned in QAT" in card) == (name == "compact")
+
+
+def test_auto_weight_rounding_keeps_the_rule_closer_to_fp32(photos):
+    """Both rules are calibrated on the same crops and scored on other crops; the one with the higher
+    fake-quant vs FP32 PSNR is returned, prepared with that rule (sum-preserving only if strictly better)."""
+    from quantir.data.task import ModelInfo
+    from quantir.models.protocol import as_restoration_model
+    from quantir.quant.api import calibrate, prepare_ptq
+    from quantir.quant.config import QuantConfig
+    from quantir.quant.fake_quant import WeightFakeQuantize
+    from quantir.train.quantize_run import choose_weight_rounding, crop_pool, fidelity_psnr
+
+    torch.manual_seed(3)
+    info = ModelInfo(task="sr", scale=2, pixel_max=1.0)
+    model = as_restoration_model(user_nets.compact_style().eval(), info)
+    example = torch.rand(2, 3, 16, 16)
+    calib, held_out = crop_pool(info, photos, 6, 16, 0), crop_pool(info, photos, 4, 16, 4)
+    prepared, scores = choose_weight_rounding(model, example, QuantConfig(), prepare_ptq, calib, held_out)
+    again = {}
+    for rule in ("nearest", "sum_preserving"):  # each rule on its own reproduces its score
+        q = prepare_ptq(model, example, QuantConfig(weight_rounding=rule))
+        calibrate(q, calib)
+        again[rule] = fidelity_psnr(q, model, held_out, 1.0)
+    assert again == {k: scores[k] for k in again} and scores["nearest"] != scores["sum_preserving"]
+    assert scores["chosen"] == max(again, key=again.get)
+    rules = {m.rounding for m in prepared.graph_module.modules() if isinstance(m, WeightFakeQuantize)}
+    assert rules == {scores["chosen"]}
+
+
+def test_auto_weight_rounding_writes_the_chosen_rule(photos, tmp_path):
+    import yaml
+
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(1)
+    torch.save(user_nets.edsr_style().state_dict(), weights)
+    out = tmp_path / "int8"
+    assert main(["quantize", f"{FIXTURES}:edsr_style", "--weights", str(weights), "--calib", str(photos),
+                 "--out", str(out), "--crop", "24", "--pixel-max", "255", "--weight-rounding", "auto",
+                 "--format", "tflite"]) == 0
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["weight_rounding"] in ("nearest", "sum_preserving")  # resolved: rerunning it needs no choice
+    assert json.loads((out / "parity.json").read_text())["tflite"]["max_lsb"] == 0

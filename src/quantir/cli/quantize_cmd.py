@@ -30,10 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--crop", type=int_range(8, 4096), default=64, help="input crop size (LR pixels for SR)")
     p.add_argument("--calib-range", choices=["minmax", "ema", "percentile", "mse"], default="mse",
                    help="activation range calibrator (default mse: the range with the least quantization error)")
-    p.add_argument("--weight-rounding", choices=["nearest", "sum_preserving"], default="nearest",
-                   help="integer weight codes: nearest (default), or sum_preserving: each kernel keeps its float "
-                        "sum, so flat regions keep their level; measure both (BENCHMARKS.md 'Sum-preserving "
-                        "weight rounding': much better on the x3 nets, worse on one user-style net)")
+    p.add_argument("--weight-rounding", choices=["auto", "nearest", "sum_preserving"], default="auto",
+                   help="integer weight codes: nearest; sum_preserving: each kernel keeps its float sum, so flat "
+                        "regions keep their level (BENCHMARKS.md 'Sum-preserving weight rounding': much better on "
+                        "the x3 nets, worse on one user-style net); auto (default): calibrate both and keep the one "
+                        "closer to FP32 on held-out crops of the calibration photos (config.yaml says which)")
     p.add_argument("--allow-float-ops", action="store_true",
                    help="accept ops without an int8 kernel as float islands (listed in parity.json)")
     p.add_argument("--check", action="store_true", help="only report which ops would not be int8, then stop")

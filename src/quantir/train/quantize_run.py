@@ -53,8 +53,10 @@ class QuantizeConfig:
     calib_crops: int = 32
     # Integer weight codes (QuantConfig.weight_rounding). Sum-preserving keeps each kernel's response
     # to flat regions: after PTQ it cut the x3 nets' INT8 loss on smooth photos 1.3-7x, but cost a
-    # user-style SPAN net 0.4 dB (BENCHMARKS.md "Sum-preserving weight rounding"), so it is opt-in.
-    weight_rounding: WeightRounding = "nearest"
+    # user-style SPAN net 0.4 dB (BENCHMARKS.md "Sum-preserving weight rounding"). "auto" calibrates
+    # both and keeps the one closer to the FP32 model on held-out crops (choose_weight_rounding): on
+    # all five nets measured it kept the rule that was better (or tied) on the stress photos.
+    weight_rounding: Literal[WeightRounding, "auto"] = "auto"
     crop: int = 64  # model-input crop size (LR pixels for SR)
     train: str | None = None  # unlabelled photos for QAT distillation (default: the calibration photos)
     steps: int = 300
@@ -135,6 +137,37 @@ def distill(prepared: nn.Module, teacher: nn.Module, batches, steps: int, lr: fl
     return losses
 
 
+ROUNDING_SELECT_CROPS = 16  # held-out crops that choose the weight rounding (weight_rounding: auto)
+
+
+def fidelity_psnr(qmodel: nn.Module, float_model: nn.Module, crops: list[torch.Tensor], pixel_max: float) -> float:
+    """PSNR (dB) of ``qmodel``'s outputs against ``float_model``'s on ``crops``, pooled over all of them."""
+    err, count = 0.0, 0
+    qmodel.eval()
+    with torch.no_grad():
+        for x in crops:
+            diff = (qmodel(x) - float_model(x)).double() / pixel_max
+            err += float((diff * diff).sum())
+            count += diff.numel()
+    return float("inf") if err == 0 else 10 * np.log10(count / err)
+
+
+def choose_weight_rounding(float_model: nn.Module, example: torch.Tensor, qcfg: QuantConfig, prepare,
+                           calib: list[torch.Tensor], held_out: list[torch.Tensor]) -> tuple[nn.Module, dict]:
+    """Prepare and calibrate the model with each weight-rounding rule on the same crops; keep the one
+    whose fake-quant output is closer to the FP32 output on ``held_out`` crops (never the calibration
+    crops). Sum-preserving must be strictly better to be chosen. Returns (prepared, scores in dB)."""
+    scores, prepared = {}, {}
+    for rule in ("nearest", "sum_preserving"):
+        prepared[rule] = prepare(float_model, example, dataclasses.replace(qcfg, weight_rounding=rule))
+        calibrate(prepared[rule], calib)
+        scores[rule] = fidelity_psnr(prepared[rule], float_model, held_out, float_model.info.pixel_max)
+    chosen = "sum_preserving" if scores["sum_preserving"] > scores["nearest"] else "nearest"
+    log.info("weight rounding (auto): %s; fake-quant vs FP32 on %d held-out crops: nearest %.3f dB, "
+             "sum_preserving %.3f dB", chosen, len(held_out), scores["nearest"], scores["sum_preserving"])
+    return prepared[chosen], {"chosen": chosen, **scores}
+
+
 def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeConfig, out_dir: str | Path,
                    command: str | None = None) -> dict:
     """PTQ or QAT-by-distillation of ``model``, then every artifact of ``quantir train`` in ``out_dir``."""
@@ -153,11 +186,21 @@ def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeCon
     if isinstance(float_model, RewrittenModel):
         for line in float_model.rewrites.done:
             log.info("rewrite: %s", line)
+    auto = config.weight_rounding == "auto"
     qcfg = QuantConfig(act_range=config.calib_range, learn_act_ranges=config.mode == "qat",
-                       allow_float_ops=config.allow_float_ops, weight_rounding=config.weight_rounding)
-    prepared = (prepare_qat if config.mode == "qat" else prepare_ptq)(float_model, example, qcfg)
-    n = calibrate(prepared, crop_pool(info, config.calib, config.calib_crops, config.crop, config.seed))
-    log.info("calibrated on %d crops of %s", n, config.calib)
+                       allow_float_ops=config.allow_float_ops,
+                       weight_rounding="nearest" if auto else config.weight_rounding)
+    prepare = prepare_qat if config.mode == "qat" else prepare_ptq
+    calib = crop_pool(info, config.calib, config.calib_crops, config.crop, config.seed)
+    rounding = None
+    if auto:  # chosen on other crops of the calibration photos; the written config says which rule
+        held_out = crop_pool(info, config.calib, ROUNDING_SELECT_CROPS, config.crop, config.seed + 4)
+        prepared, rounding = choose_weight_rounding(float_model, example, qcfg, prepare, calib, held_out)
+        config = dataclasses.replace(config, weight_rounding=rounding["chosen"])
+    else:
+        prepared = prepare(float_model, example, qcfg)
+        calibrate(prepared, calib)
+    log.info("calibrated on %d crops of %s", len(calib), config.calib)
     losses = []
     if config.mode == "qat" and config.steps:
         pool = crop_pool(info, config.train or config.calib, max(64, 4 * config.batch), config.crop, config.seed + 1)
@@ -170,7 +213,7 @@ def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeCon
         images = [_to_uint8(c, info) for c in crop_pool(info, config.calib, config.parity_limit, 96, config.seed + 3)]
     result = export_artifacts(converted, float_model.eval(), out_dir, config.export, parity_images=images,
                               config=config, command=command, reference=prepared)
-    return dict(result, problems=problems, losses=losses, info=info)
+    return dict(result, problems=problems, losses=losses, info=info, weight_rounding=rounding)
 
 
 def load_any(spec: str, weights: str | None = None, task: str | None = None, scale: int | None = None,
