@@ -36,7 +36,7 @@ bench-quick: samples
 	$(PY) benchmarks/run_all.py --quick
 
 builtin: samples
-	$(VENV)/bin/quantir data fetch samples --out data/samples --sets train train-ext eval
+	$(VENV)/bin/quantir data fetch samples --out data/samples --sets train train-ext eval stress stress-val
 	$(PY) scripts/build_builtin_models.py
 
 clean:
