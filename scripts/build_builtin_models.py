@@ -4,9 +4,10 @@
 
 1. ``quantir train configs/builtin_sr_x3.yaml --out runs/builtin_sr`` and the same for
    ``configs/builtin_enhance.yaml`` (resumed if a run directory exists); for the x3 model the QAT
-   stage runs again from the same FP32 model with seeds 1 and 2 (``runs/builtin_sr_qat_seed{1,2}``),
-   and the run whose INT8 TFLite scores best on the stress photos' validation split is installed
-   (QAT seeds differ by about 0.01 dB on those photos; the ``stress`` split stays for reporting);
+   stage runs again from the same FP32 model with seeds 1 and 2, and with sum-preserving weight
+   rounding for seeds 0-2 (``runs/builtin_sr_qat_{seed,sp_seed}N``), and the run whose INT8 TFLite
+   scores best on the stress photos' validation split is installed (QAT seeds differ by about
+   0.01-0.04 dB on those photos; the ``stress`` split stays for reporting);
 2. re-exports the chosen run's QAT checkpoint (``quantir export``, scales as learned, parity checked) and
    copies the INT8 TFLite + ONNX, parity report, model card, resolved config and QAT checkpoint into
    ``src/quantir/assets/{sr_x3,enhance}``;
@@ -35,7 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]  # quantir itself comes from the inst
 ASSETS = ROOT / "src" / "quantir" / "assets"
 BUILDS = {"sr_x3": ("configs/builtin_sr_x3.yaml", "runs/builtin_sr"),
           "enhance": ("configs/builtin_enhance.yaml", "runs/builtin_enhance")}
-QAT_SEEDS = {"sr_x3": (0, 1, 2), "enhance": (0,)}  # seed 0 is the main run's own QAT stage
+# QAT candidates (seed, weight rounding); the first is the main run's own QAT stage (the config's rule)
+QAT_CANDIDATES = {"sr_x3": [(0, "nearest"), (1, "nearest"), (2, "nearest"),
+                            (0, "sum_preserving"), (1, "sum_preserving"), (2, "sum_preserving")],
+                  "enhance": [(0, "nearest")]}
 EVAL = ROOT / "data" / "samples" / "eval"
 SELECT = ROOT / "data" / "samples" / "stress_val"  # chooses among QAT seeds; never reported as a result
 QAT_ONLY = ["--set", "teacher.enabled=false", "--set", "stage1.enabled=false", "--set", "stage2.enabled=false"]
@@ -52,33 +56,39 @@ def train(config: str, run_dir: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def best_qat_seed(name: str, config: str, run_dir: str) -> tuple[str, dict[int, float]]:
-    """QAT again from ``run_dir``'s FP32 model with each further seed; the run directory whose INT8
-    TFLite has the best PSNR-RGB on the selection photos, and every seed's score."""
-    seeds = QAT_SEEDS[name]
-    if len(seeds) == 1 or not SELECT.is_dir():
-        if len(seeds) > 1:
-            print(f"{SELECT} missing (quantir data fetch samples --sets stress-val): installing seed 0 unselected")
+def candidate_dir(run_dir: str, seed: int, rounding: str) -> str:
+    return f"{run_dir}_qat_{'sp_' if rounding == 'sum_preserving' else ''}seed{seed}"
+
+
+def best_qat_run(name: str, config: str, run_dir: str) -> tuple[str, dict[str, float]]:
+    """QAT again from ``run_dir``'s FP32 model for every further candidate; the run directory whose
+    INT8 TFLite has the best PSNR-RGB on the selection photos, and every candidate's score."""
+    candidates = QAT_CANDIDATES[name]
+    if len(candidates) == 1 or not SELECT.is_dir():
+        if len(candidates) > 1:
+            print(f"{SELECT} missing (quantir data fetch samples --sets stress-val): installing the main run unselected")
         return run_dir, {}
-    runs = {0: run_dir}
-    for seed in seeds[1:]:
-        runs[seed] = out = f"{run_dir}_qat_seed{seed}"
+    runs = {run_dir: run_dir}
+    for seed, rounding in candidates[1:]:
+        out = candidate_dir(run_dir, seed, rounding)
+        runs[out] = out
         if (ROOT / out / "results.json").is_file():
             continue
         cmd = QUANTIR + ["train", config, "--init", f"{run_dir}/checkpoints/deploy_fp32.safetensors", *QAT_ONLY,
-                         "--set", f"seed={seed}", "--out", out, "--quiet"]
+                         "--set", f"seed={seed}", "--set", f"qat.quant.weight_rounding={rounding}", "--out", out,
+                         "--quiet"]
         if (ROOT / out / "config.yaml").is_file():
             cmd.append("--resume")
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
     info = ModelInfo(Task.SR, scale=3)
     pairs = info.eval_pairs(SELECT)
-    scores = {seed: evaluate(load_runtime(ROOT / out / "export" / "model_int8.tflite").run, pairs,
-                             info.border)["psnr_rgb"] for seed, out in runs.items()}
+    scores = {out: evaluate(load_runtime(ROOT / out / "export" / "model_int8.tflite").run, pairs,
+                            info.border)["psnr_rgb"] for out in runs}
     best = max(scores, key=scores.get)
-    print(f"{name}: QAT seed {best} chosen on {SELECT.name} (PSNR-RGB " +
-          ", ".join(f"seed {s} {v:.3f}" for s, v in scores.items()) + ")", flush=True)
-    return runs[best], scores
+    print(f"{name}: {best} chosen on {SELECT.name} (PSNR-RGB " +
+          ", ".join(f"{Path(k).name} {v:.3f}" for k, v in scores.items()) + ")", flush=True)
+    return best, scores
 
 
 def slim_checkpoint(src: Path, dst: Path) -> None:
@@ -92,7 +102,7 @@ def slim_checkpoint(src: Path, dst: Path) -> None:
 
 def install(name: str, config: str, run_dir: str, fp32_run: str | None = None) -> None:
     """Re-export the run's QAT checkpoint with the current code (parity checked) and copy it in
-    (``fp32_run``: where the FP32 model came from, for a QAT-only seed run)."""
+    (``fp32_run``: where the FP32 model came from, for a QAT-only candidate run)."""
     src, dst = ROOT / run_dir, ASSETS / name
     dst.mkdir(parents=True, exist_ok=True)
     subprocess.run(QUANTIR + ["export", run_dir, "--out", f"{run_dir}/export",
@@ -104,14 +114,15 @@ def install(name: str, config: str, run_dir: str, fp32_run: str | None = None) -
     slim_checkpoint(src / "checkpoints" / "qat_final.safetensors", dst / "qat_final.safetensors")
     card = (src / "export" / "model_card.md").read_text()
     how = f"quantir train {config} --out {fp32_run or run_dir}"
-    if fp32_run:
+    if fp32_run:  # the QAT-only command exactly as the candidate ran (its resolved config holds the rest)
+        seed, rounding = next(c for c in QAT_CANDIDATES[name] if candidate_dir(fp32_run, *c) == run_dir)
         how += (f"\nquantir train {config} --init {fp32_run}/checkpoints/deploy_fp32.safetensors "
-                f"{' '.join(QAT_ONLY)} --set seed=N --out {run_dir}")
+                f"{' '.join(QAT_ONLY)} --set seed={seed} --set qat.quant.weight_rounding={rounding} --out {run_dir}")
     card += (f"\n## How this built-in model was made\n\nTrained by quantir's own pipeline on the sample photos "
              f"(training split only):\n\n```\nquantir data fetch samples --out data/samples --sets train train-ext "
              f"eval stress-val\n{how}\n```\n\n(or `make builtin`, which runs scripts/build_builtin_models.py and "
-             f"keeps the QAT seed that scores best on the stress_val photos). Resolved config: config.yaml next "
-             f"to this card.\n")
+             f"keeps the QAT run (seed, weight rounding) that scores best on the stress_val photos). Resolved "
+             f"config: config.yaml next to this card.\n")
     (dst / "model_card.md").write_text(card)
 
 
@@ -186,8 +197,8 @@ def main() -> None:
     for name, (config, run_dir) in BUILDS.items():
         if not args.measure_only and name in args.only:
             train(config, run_dir)
-            chosen, scores = best_qat_seed(name, config, run_dir)
-            selection[name] = {"run": chosen, "stress_val_psnr_rgb_by_seed": scores}
+            chosen, scores = best_qat_run(name, config, run_dir)
+            selection[name] = {"run": chosen, "stress_val_psnr_rgb": scores}
             install(name, config, chosen, fp32_run=run_dir if chosen != run_dir else None)
     res = measure()
     perf = startup_and_large_photo(ROOT / "runs" / "builtin_check")
@@ -205,9 +216,9 @@ def main() -> None:
               "perf": perf}
     previous = ASSETS / "builtin_results.json"
     if not selection and previous.is_file():  # --measure-only: the installed models' selection still holds
-        selection = json.loads(previous.read_text()).get("qat_seed_selection", {})
+        selection = json.loads(previous.read_text()).get("qat_selection", {})
     if selection:
-        result["qat_seed_selection"] = selection
+        result["qat_selection"] = selection
     (ASSETS / "builtin_results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print("\n".join(table))
 
