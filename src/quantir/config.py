@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from quantir.errors import ConfigError
+
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 2e-5, 1E3: numbers PyYAML leaves as text
 
 T = TypeVar("T")
 
@@ -75,6 +78,8 @@ def _convert(tp, value, path: str):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 2e-5 (no dot) as a string; people write it that way
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)

@@ -17,6 +17,7 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
 @pytest.mark.parametrize("data,needle", [
     ({"stage1": {"stpes": 3}}, "unknown key stpes in stage1"),
     ({"stage1": {"steps": "many"}}, "stage1.steps: expected an integer"),
+    ({"stage1": {"lr": "1e-3x"}}, "stage1.lr: expected a number"),
     ({"task": "denoise"}, "task: 'denoise' is not one of ['sr', 'enhance']"),
     ({"data": {"layout": "div2k"}}, "data.root is required"),
     ({"data": {"layout": "zip"}}, "data.layout: 'zip' is not one of ['folder', 'div2k', 'dped']"),
@@ -39,6 +40,14 @@ def test_cli_overrides_and_round_trip(tmp_path):
     assert (cfg.qat.train.steps, cfg.model, cfg.data.patch) == (3, "abpn", 24)
     C.dump(cfg, tmp_path / "out.yaml")
     assert C.load(TrainConfig, tmp_path / "out.yaml") == cfg
+
+
+def test_exponent_numbers_without_a_dot_are_numbers():
+    """PyYAML (YAML 1.1) reads 2e-5 as text; in a float field it means the number, in --set and in files."""
+    cfg = C.load(TrainConfig, None, C.parse_overrides(["qat.train.lr=2e-5", "stage1.lr=1E-3"]))
+    assert (cfg.qat.train.lr, cfg.stage1.lr) == (2e-5, 1e-3)
+    with pytest.raises(ConfigError, match="stage1.steps: expected an integer"):
+        C.load(TrainConfig, None, C.parse_overrides(["stage1.steps=1e3"]))  # an integer field stays strict
 
 
 def test_presets_load():
