@@ -140,13 +140,15 @@ def distill(prepared: nn.Module, teacher: nn.Module, batches, steps: int, lr: fl
 ROUNDING_SELECT_CROPS = 16  # held-out crops that choose the weight rounding (weight_rounding: auto)
 
 
-def fidelity_psnr(qmodel: nn.Module, float_model: nn.Module, crops: list[torch.Tensor], pixel_max: float) -> float:
-    """PSNR (dB) of ``qmodel``'s outputs against ``float_model``'s on ``crops``, pooled over all of them."""
+def fidelity_psnr(qmodel: nn.Module, crops: list[torch.Tensor], references: list[torch.Tensor],
+                  pixel_max: float) -> float:
+    """PSNR (dB) of ``qmodel``'s outputs on ``crops`` against ``references`` (the FP32 outputs),
+    pooled over all of them."""
     err, count = 0.0, 0
     qmodel.eval()
     with torch.no_grad():
-        for x in crops:
-            diff = (qmodel(x) - float_model(x)).double() / pixel_max
+        for x, ref in zip(crops, references):
+            diff = (qmodel(x) - ref).double() / pixel_max
             err += float((diff * diff).sum())
             count += diff.numel()
     return float("inf") if err == 0 else 10 * np.log10(count / err)
@@ -157,11 +159,13 @@ def choose_weight_rounding(float_model: nn.Module, example: torch.Tensor, qcfg: 
     """Prepare and calibrate the model with each weight-rounding rule on the same crops; keep the one
     whose fake-quant output is closer to the FP32 output on ``held_out`` crops (never the calibration
     crops). Sum-preserving must be strictly better to be chosen. Returns (prepared, scores in dB)."""
+    with torch.no_grad():
+        references = [float_model(x) for x in held_out]  # once, for both rules
     scores, prepared = {}, {}
     for rule in ("nearest", "sum_preserving"):
         prepared[rule] = prepare(float_model, example, dataclasses.replace(qcfg, weight_rounding=rule))
         calibrate(prepared[rule], calib)
-        scores[rule] = fidelity_psnr(prepared[rule], float_model, held_out, float_model.info.pixel_max)
+        scores[rule] = fidelity_psnr(prepared[rule], held_out, references, float_model.info.pixel_max)
     chosen = "sum_preserving" if scores["sum_preserving"] > scores["nearest"] else "nearest"
     log.info("weight rounding (auto): %s; fake-quant vs FP32 on %d held-out crops: nearest %.3f dB, "
              "sum_preserving %.3f dB", chosen, len(held_out), scores["nearest"], scores["sum_preserving"])
