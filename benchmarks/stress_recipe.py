@@ -68,9 +68,9 @@ VARIANTS = {
 QAT_ONLY = {"teacher": {"enabled": False}, "stage1": {"enabled": False}, "stage2": {"enabled": False}}
 # Each row changes one step of the presets' QAT stage as it was before the recipe was chosen (the
 # presets now hold the selected row), so the table stays reproducible: these undo the choice.
-BEFORE = {"sr_x3_mobileone_qat.yaml": {"data": {"extra_train_dirs": []}, "qat": {
+BEFORE = {"sr_x3_mobileone_qat.yaml": {"data": {"extra_train_dirs": []}, "bn_recal_batches": 64, "qat": {
               "train": {"steps": 500, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None,
-              "quant": {"weight_rounding": "nearest"}}},
+              "compose_stem": False, "quant": {"weight_rounding": "nearest"}}},
           "sr_x3_mobileone_quick.yaml": {"qat": {
               "train": {"steps": 400, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None,
               "quant": {"weight_rounding": "nearest"}}}}

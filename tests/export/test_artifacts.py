@@ -13,13 +13,17 @@ from quantir.export.api import export_artifacts
 from quantir.export.config import ExportConfig
 from quantir.export.runtime import load_runtime
 from quantir.models import create_model, reparameterize_model
+from quantir.models.mobileone_sr import compose_stem
 from quantir.quant.api import convert, prepare_qat, refresh_weight_qparams, set_phase
 from quantir.quant.config import QuantConfig
 from tests.conftest import natural_image
 
 MODELS = {"mobileone_sr": {"channels": 8, "blocks": 2, "branches": 2}, "abpn": {},
           "qatie_unet_int8": {"channels": 8}, "edsr_baseline": {"channels": 8, "res_blocks": 2},  # x4: two d2s
-          "qatie_unet": {"channels": 8}}  # the paper net: InstanceNorm statistics as float islands
+          "qatie_unet": {"channels": 8},  # the paper net: InstanceNorm statistics as float islands
+          # QAT on the stem-composed form (qat.compose_stem): mirror pad as slices + concats, two
+          # 5x5 convs on the input, out + direct as one residual on the output grid
+          "mobileone_sr_composed": {"channels": 8, "blocks": 2, "branches": 2}}
 # The float ops each model's TFLite may keep (its InstanceNorms' statistics); every other op is int8.
 FLOAT_ISLANDS = {"qatie_unet": {"ADD", "DEQUANTIZE", "MEAN", "MUL", "QUANTIZE", "RESHAPE", "RSQRT"}}
 
@@ -48,7 +52,7 @@ def _qat_model(name):
     """A tiny model trained briefly in FP32, then a few QAT steps with learned ranges."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = create_model(name, **MODELS[name])
+    model = create_model(name.removesuffix("_composed"), **MODELS[name])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(60):
         x, y = _batch(model.info, rng)
@@ -57,7 +61,8 @@ def _qat_model(name):
         loss.backward()
         opt.step()
     deploy = reparameterize_model(model)
-    qmodel = prepare_qat(deploy, x[:2], QuantConfig())
+    qdeploy = compose_stem(deploy) if name.endswith("_composed") else deploy
+    qmodel = prepare_qat(qdeploy, x[:2], QuantConfig())
     with torch.no_grad():
         qmodel(x)
     set_phase(qmodel, "learn")
@@ -157,3 +162,22 @@ def test_corrupt_and_mismatched_model_files(exported, tmp_path, capsys):
         assert main(args) != 0
     errs = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(errs) == 3 and all(e.startswith("error:") for e in errs)
+
+
+def test_sr_tiles_cut_at_the_graph_radius_equal_the_whole_image(exported):
+    """The radius read from the graph (a composed stem's mirror pad included) bounds how far the
+    artifact looks: tiles overlapping by twice it give the whole image's bits."""
+    from quantir.data.tiling import tiled_apply
+
+    name, qmodel, out, *_ = exported
+    if not qmodel.info.is_sr:
+        pytest.skip("enhancers keep the default cross-fade")
+    rt = load_runtime(out / "model_int8.tflite")
+    if name.startswith("mobileone_sr"):  # stem (or the composed 5x5 head), two blocks, the output conv
+        assert rt.radius == 4
+    if rt.radius is None:
+        pytest.skip("radius not derivable from this graph")
+    img = natural_image(61, 83, seed=12)
+    r = rt.radius
+    tiled = tiled_apply(img, rt.run, scale=rt.scale, tile=4 * r + 8, overlap=2 * r, margin=r)
+    assert np.array_equal(tiled, rt.run(img))

@@ -109,3 +109,33 @@ def test_calibration_warns_when_a_grid_residual_clips(shift, warns, caplog):
     with grid_residual_clipping(q, warn=False) as shares, torch.no_grad():
         q(x)
     assert shares == {layer: 1.0 if warns else 0.0}
+
+
+def _composed_paper_net():
+    from quantir.models.mobileone_sr import compose_stem
+
+    torch.manual_seed(0)
+    return compose_stem(reparameterize_model(create_model("mobileone_sr", channels=8, blocks=2, branches=2).eval()))
+
+
+def test_composed_stem_residual_sum_takes_the_output_grid_and_its_pad_keeps_the_input_grid(tmp_path):
+    """compose_stem's out + direct is one residual on the output grid (one rounding), and its mirror
+    pad (slices + concats of the input) moves the input's codes without requantizing them."""
+    q = _qat(True, _composed_paper_net())
+    assert len(q.grid_residuals) == 1
+    path = tmp_path / "composed.tflite"
+    tfe.export_int8(convert(q), path, {"task": "sr", "scale": 3, "pixel_max": 255.0})
+    inputs, output = _output_add(path)
+    assert output == (1.0, -128) and sorted(inputs) == [(1.0, -128), (1.0, 0)]
+    model = tg.read(path.read_bytes())
+    sg = model.subgraphs[0]
+    ops = [tg.op_name(model, op) for op in sg.operators]
+    assert "MUL" not in ops and "SLICE" not in ops and ops.count("STRIDED_SLICE") == 8  # dynamic H and W
+    for op in sg.operators:
+        if tg.op_name(model, op) == "CONCATENATION" and len(sg.tensors[op.outputs[0]].shape) == 4:
+            t = sg.tensors[op.outputs[0]]
+            if t.shape[-1] == 3:  # the pads (the anchor's concat has 27 channels)
+                assert (float(t.quantization.scale[0]), int(t.quantization.zeroPoint[0])) == (1.0, -128)
+    for hw in ((20, 24), (17, 31)):  # sizes other than the conversion's: the slices count from the ends
+        img = downscale(natural_image(hw[0] * 3, hw[1] * 3, seed=9), 3)
+        assert np.array_equal(load_runtime(path).run(img), run_uint8(q, img))

@@ -25,6 +25,9 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
     ({"qat": {"quant": {"act_bits": 1}}}, "qat.quant.act_bits and weight_bits must be in 2..8"),
     ({"qat": {"quant": {"odm": {"mismatch_weight": -1}}}}, "qat.quant.odm.mismatch_weight must be >= 0"),
     ({"export": {"formats": ["tflite", "tf"]}}, "export.formats[1]: 'tf' is not one of ['tflite', 'onnx']"),
+    ({"qat": {"compose_stem": True, "equalize_skip": 0.5}}, "compose_stem removes the skip tensors"),
+    ({"bn_recal_batches": -1}, "bn_recal_batches must be >= 0"),
+    ({"qat": {"train": {"ema": 0.999}}}, "qat.train.ema must be 0"),
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, data, needle):
     p = tmp_path / "c.yaml"

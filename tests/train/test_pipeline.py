@@ -181,3 +181,43 @@ def test_init_with_foreign_weights_is_one_line(tmp_path, capsys):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "does not fit" in err[0] and "nor its fused form" in err[0]
     assert not (out / "checkpoints").exists()
+
+
+def test_qat_on_the_composed_stem_from_a_state_dict_keeps_the_fp32_reference(tmp_path):
+    """The QAT-only preset's path (configs/sr_x3_mobileone_qat.yaml): multi-branch weights, their own
+    BN statistics (bn_recal_batches 0), QAT on the stem-composed form, 0-LSB artifacts; the report's
+    FP32 model is the fused original, not the composed copy."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from quantir.models import create_model, reparameterize_model
+    from quantir.quant import checkpoint
+    from tests.train.conftest import tiny_config
+
+    opts = {"channels": 8, "blocks": 2, "branches": 2}
+    torch.manual_seed(5)
+    src = create_model("mobileone_sr", **opts)
+    with torch.no_grad():  # BN statistics a recalibration would replace
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "w.safetensors"
+    save_file(src.state_dict(), str(weights))
+    cfg = tiny_config(tmp_path, model="mobileone_sr", model_options=opts, bn_recal_batches=0,
+                      **{"stage1.enabled": False, "stage2.enabled": False, "qat.compose_stem": True,
+                         "export.enabled": True, "export.formats": ["tflite", "onnx"]})
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "--init", str(weights)]) == 0
+    deploy = checkpoint.build(checkpoint.load(out / "checkpoints" / "deploy_fp32.safetensors"))
+    fused = reparameterize_model(src.eval())
+    x = torch.rand(1, 3, 12, 12) * 255
+    with torch.no_grad():
+        assert torch.equal(deploy(x), fused(x))  # running statistics kept, no composition in the reference
+    record = checkpoint.load(out / "checkpoints" / "qat_final.safetensors")
+    assert record["model_cfg"]["composed_stem"] and not record["float"]["model_cfg"]["composed_stem"]
+    parity = json.loads((out / "export" / "parity.json").read_text())
+    assert parity["tflite"]["max_lsb"] == 0 and parity["onnx"]["max_lsb"] == 0
+    assert "compose_stem: true" in (out / "config.yaml").read_text()

@@ -122,7 +122,7 @@ def tflite_nodes(model, subgraph) -> tuple[list[Node], int, int]:
             return None
         return np.frombuffer(bytes(buf.DataAsNumpy()), dtype=np.int32)
 
-    nodes = []
+    nodes, sliced_from = [], {}  # sliced_from: a (STRIDED_)SLICE's output -> the tensor it slices
     for i in range(subgraph.OperatorsLength()):
         op = subgraph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
@@ -152,7 +152,12 @@ def tflite_nodes(model, subgraph) -> tuple[list[Node], int, int]:
             opts = fb.ConcatenationOptions()
             opts.Init(table.Bytes, table.Pos)
             rank = subgraph.Tensors(outs[0]).ShapeLength()
-            kind = "pointwise" if opts.Axis() in (-1, rank - 1) else "unknown"
+            if opts.Axis() in (-1, rank - 1):
+                kind = "pointwise"
+            elif (mirror := _mirror_pad(acts, sliced_from)) is not None:
+                kind, block, acts = "pad", mirror[1], (mirror[0],)
+        elif name in ("SLICE", "STRIDED_SLICE"):
+            sliced_from[outs[0]] = acts[0]
         elif name in ("PAD", "PADV2"):
             pads = const_data(ins[1])
             if pads is not None and len(pads) == 8 and not pads[:2].any() and not pads[6:].any():
@@ -161,6 +166,18 @@ def tflite_nodes(model, subgraph) -> tuple[list[Node], int, int]:
             kind = "pointwise"
         nodes.append(Node(kind, acts, outs, window, block))
     return nodes, int(subgraph.InputsAsNumpy()[0]), int(subgraph.OutputsAsNumpy()[0])
+
+
+def _mirror_pad(inputs: tuple[int, ...], sliced_from: dict[int, int]) -> tuple[int, int] | None:
+    """(source, pad) when a spatial concat is a pad made of slices of its source (``symmetric_pad``):
+    rows or columns of the source before and after it. Equal counts on both sides move no pixel
+    (pad 0: only pixels within the pad of the edge read the copies); unequal ones shift by at most
+    their difference."""
+    sources = [t for t in inputs if t not in sliced_from]
+    if len(sources) != 1 or any(sliced_from[t] != sources[0] for t in inputs if t in sliced_from):
+        return None
+    before = inputs.index(sources[0])
+    return sources[0], abs(before - (len(inputs) - 1 - before))
 
 
 def tflite_radius(data: bytes) -> int | None:

@@ -5,7 +5,9 @@ into the reshape constants. That chain is slow at 1080p and it is the reason a d
 conversion fails. ``replace_depth_to_space`` finds such chains, proves by simulating them on
 an index tensor that they compute TFLite's (DCR) DEPTH_TO_SPACE, and swaps in that single op;
 ``make_dynamic_hw`` then marks every activation's height and width as dynamic, so one static
-conversion yields the dynamic-shape artifact.
+conversion yields the dynamic-shape artifact. It also turns litert-torch's SLICEs, whose sizes are
+baked, into STRIDED_SLICEs counted from the nearer end of each spatial axis (a mirror pad's edge
+rows and columns, ``models.layers.symmetric_pad``).
 """
 
 from __future__ import annotations
@@ -157,16 +159,82 @@ def replace_depth_to_space(model: fb.ModelT) -> int:
         replaced += 1
 
 
+def _const_tensor(model: fb.ModelT, sg: fb.SubGraphT, values, name: str) -> int:
+    """Append an int32 constant tensor (and its buffer); return its index."""
+    buf = fb.BufferT()
+    buf.data = np.asarray(values, dtype=np.int32).tobytes()
+    model.buffers.append(buf)
+    t = fb.TensorT()
+    t.shape, t.type, t.buffer, t.name = np.array([len(values)], dtype=np.int32), fb.TensorType.INT32, \
+        len(model.buffers) - 1, name.encode()
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1
+
+
+def _relative_bounds(begin: int, size: int, dim: int) -> tuple[int, int, bool, bool] | None:
+    """(begin, end, begin_mask, end_mask) of a slice of one spatial axis, valid at any size.
+
+    Whole axis: both masks. Within the first half: counted from the start. Within the second
+    half: counted from the end (a slice that reaches the end keeps the end mask). A slice across
+    the middle has no such reading: None.
+    """
+    end = dim if size < 0 else begin + size
+    if begin == 0 and end == dim:
+        return 0, 0, True, True
+    if end <= dim // 2:
+        return begin, end, False, False
+    if begin >= (dim + 1) // 2:
+        return begin - dim, end - dim, False, end == dim
+    return None
+
+
+def relative_slices(model: fb.ModelT) -> int:
+    """Replace every rank-4 SLICE whose spatial bounds ``_relative_bounds`` can read by the
+    STRIDED_SLICE that takes the same pixels at any height and width; return the count."""
+    sg = model.subgraphs[0]
+    replaced = 0
+    for k, op in enumerate(sg.operators):
+        if op_name(model, op) != "SLICE":
+            continue
+        src, begin_t, size_t = (sg.tensors[i] for i in op.inputs[:3])
+        if src.shape is None or len(src.shape) != 4 or not (_is_constant(model, begin_t) and _is_constant(model, size_t)):
+            continue
+        begin, size = _const_array(model, begin_t).astype(int), _const_array(model, size_t).astype(int)
+        bounds = [(int(b), int(b + sz if sz >= 0 else d), False, False) for b, sz, d in zip(begin, size, src.shape)]
+        for axis in (1, 2):  # NHWC: batch and channels keep their absolute bounds
+            bounds[axis] = _relative_bounds(int(begin[axis]), int(size[axis]), int(src.shape[axis]))
+        if any(b is None for b in bounds):
+            continue
+        new = fb.OperatorT()
+        new.opcodeIndex = _opcode_index(model, fb.BuiltinOperator.STRIDED_SLICE, 2)
+        name = sg.tensors[op.outputs[0]].name.decode() if sg.tensors[op.outputs[0]].name else f"slice{k}"
+        new.inputs = [op.inputs[0], _const_tensor(model, sg, [b[0] for b in bounds], f"{name}/begin"),
+                      _const_tensor(model, sg, [b[1] for b in bounds], f"{name}/end"),
+                      _const_tensor(model, sg, [1, 1, 1, 1], f"{name}/strides")]
+        new.outputs = list(op.outputs)
+        new.builtinOptionsType = fb.BuiltinOptions.StridedSliceOptions
+        new.builtinOptions = fb.StridedSliceOptionsT()
+        new.builtinOptions.beginMask = sum(1 << a for a, b in enumerate(bounds) if b[2])
+        new.builtinOptions.endMask = sum(1 << a for a, b in enumerate(bounds) if b[3])
+        sg.operators[k] = new
+        replaced += 1
+    return replaced
+
+
 def make_dynamic_hw(model: fb.ModelT) -> None:
     """Mark height and width of every rank-4 activation tensor as dynamic (-1).
 
-    Raises ValueError when an op that bakes spatial sizes into constants (RESHAPE, resize with a
-    size tensor, ...) is left, since such a graph would compute garbage at another size.
+    SLICEs become size-independent STRIDED_SLICEs first (``relative_slices``). Raises ValueError
+    when an op that bakes spatial sizes into constants (RESHAPE, resize with a size tensor, ...)
+    is left, since such a graph would compute garbage at another size.
     """
     sg = model.subgraphs[0]
+    baked_strided = {id(op) for op in sg.operators if op_name(model, op) == "STRIDED_SLICE"}
+    relative_slices(model)
     baked = {"RESHAPE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "STRIDED_SLICE", "SLICE", "BROADCAST_TO"}
     left = sorted({op_name(model, op) for op in sg.operators
-                   if op_name(model, op) in baked and not _reshapes_statistics(sg, op, model)})
+                   if op_name(model, op) in baked and not _reshapes_statistics(sg, op, model)
+                   and (op_name(model, op) != "STRIDED_SLICE" or id(op) in baked_strided)})
     if left:
         raise ValueError(f"cannot make H/W dynamic: the graph still has {', '.join(left)}")
     for t in sg.tensors:

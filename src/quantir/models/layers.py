@@ -55,6 +55,21 @@ def anchor(x: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat([x] * (block * block), dim=1)
 
 
+def symmetric_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Mirror padding that repeats the edge pixel (numpy "symmetric", TFLite MIRROR_PAD SYMMETRIC).
+
+    Written as slices and concats of the input: both are int8 ops that keep the input's grid (scale
+    and zero point), so a padded int8 input is the same codes, and the slices count from the end,
+    so the graph holds no size constant and dynamic-shape artifacts keep working.
+    """
+    slice_ = torch.ops.aten.slice.Tensor
+    for dim in (2, 3):
+        head = [slice_(x, dim, i, i + 1) for i in reversed(range(pad))]
+        tail = [slice_(x, dim, -1 - i, -i) if i else slice_(x, dim, -1) for i in range(pad)]
+        x = torch.cat(head + [x] + tail, dim=dim)
+    return x
+
+
 def upsample2x_nearest(x: torch.Tensor) -> torch.Tensor:
     """Nearest x2 upsampling as concat + depth-to-space: no size constant, so dynamic int8 TFLite works."""
     return depth_to_space(torch.cat([x, x, x, x], dim=1), 2)

@@ -24,7 +24,7 @@ import torch.nn as nn
 from quantir.config import check_choices
 from quantir.data.task import ModelInfo, Task
 from quantir.errors import require
-from quantir.models.layers import anchor, conv1x1, conv3x3, depth_to_space, fuse_conv_bn
+from quantir.models.layers import anchor, conv1x1, conv3x3, depth_to_space, fuse_conv_bn, symmetric_pad
 from quantir.models.protocol import RestorationModel
 from quantir.models.registry import register_model
 
@@ -88,10 +88,15 @@ class MobileOneSRConfig:
     skip: Literal["add", "concat", "none"] = "add"  # "add": f_N + f_0 (paper); "concat": conv1x1 over [f_N, f_0]; "none"
     stem_act: bool = False  # ReLU after the stem (the reference has none; wide-range stems quantize coarsely)
     deploy: bool = False  # build the fused form directly (to load deploy checkpoints)
+    # Deploy form with the linear stem composed into its two readers (``compose_stem``); QAT-only.
+    composed_stem: bool = False
 
     def __post_init__(self):
         check_choices(self)
         require(self.channels > 0 and self.blocks >= 0 and self.branches >= 1, "mobileone_sr: bad sizes")
+        require(not self.composed_stem or (self.deploy and not self.stem_act and self.skip == "add"
+                                           and self.blocks >= 1),
+                "mobileone_sr: composed_stem needs deploy, stem_act false, skip 'add' and at least one block")
 
 
 class MobileOneSR(RestorationModel):
@@ -100,14 +105,23 @@ class MobileOneSR(RestorationModel):
         self.cfg = cfg
         self.info = ModelInfo(task=Task.SR, scale=cfg.scale, pixel_max=255.0)
         c, s = cfg.channels, cfg.scale
+        self.clamp_output = True
+        if cfg.composed_stem:  # see compose_stem: stem o first block, and out o stem minus the anchor
+            self.head = nn.Conv2d(3, c, COMPOSED_KERNEL)
+            self.head_act = nn.ReLU()
+            self.body = nn.Sequential(*[MobileOneBlock(c, cfg.branches, True) for _ in range(cfg.blocks - 1)])
+            self.direct = nn.Conv2d(3, 3 * s * s, COMPOSED_KERNEL)
+            self.out = conv3x3(c, 3 * s * s)
+            return
         self.stem = conv3x3(3, c)
         self.stem_act = nn.ReLU() if cfg.stem_act else nn.Identity()
         self.body = nn.Sequential(*[MobileOneBlock(c, cfg.branches, cfg.deploy) for _ in range(cfg.blocks)])
         self.merge = conv1x1(2 * c, c) if cfg.skip == "concat" else None
         self.out = conv3x3(c, 3 * s * s)
-        self.clamp_output = True
 
     def forward(self, x):
+        if self.cfg.composed_stem:
+            return self._composed_forward(x)
         f0 = self.stem_act(self.stem(x))
         f = self.body(f0)
         if self.cfg.skip == "add":
@@ -120,6 +134,74 @@ class MobileOneSR(RestorationModel):
         if self.clamp_output:
             y = torch.clamp(y, 0.0, 255.0)
         return depth_to_space(y, self.cfg.scale)
+
+    def _composed_forward(self, x):
+        xp = symmetric_pad(x, COMPOSED_KERNEL // 2)
+        f = self.body(self.head_act(self.head(xp)))
+        # The two residual parts meet after the last convs (their rounding is not amplified) and
+        # their sum is the residual on the output grid of the anchor add.
+        y = (self.out(f) + self.direct(xp)) + anchor(x, self.cfg.scale)
+        if self.clamp_output:
+            y = torch.clamp(y, 0.0, 255.0)
+        return depth_to_space(y, self.cfg.scale)
+
+
+COMPOSED_KERNEL = 5  # two 3x3 convs in a row
+
+
+def _compose(outer: nn.Conv2d, inner: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of outer(inner(x)) as one conv (3x3 o 3x3 = 5x5), exact where neither pads."""
+    wo, wi = outer.weight.double(), inner.weight.double()
+    k = wo.shape[-1]
+    weight = torch.zeros(wo.shape[0], wi.shape[1], k + wi.shape[-1] - 1, k + wi.shape[-1] - 1, dtype=torch.float64)
+    for a in range(k):
+        for b in range(k):
+            weight[:, :, a:a + wi.shape[-2], b:b + wi.shape[-1]] += torch.einsum("om,mikl->oikl", wo[:, :, a, b], wi)
+    bias = outer.bias.double() + torch.einsum("omab,m->o", wo, inner.bias.double())
+    return weight, bias
+
+
+@torch.no_grad()
+def compose_stem(model: MobileOneSR) -> MobileOneSR:
+    """The fused paper network with its linear stem composed into the two convs that read it.
+
+    The stem output f0 and the skip sum f0 + body(f0) carry pixel intensity (about -160..210 on
+    photos, issue 15): per-tensor int8 on them, multiplied through the convs that read them, is most
+    of the INT8 loss on smooth photos. Composed, they are never quantized:
+
+    * first block: relu(conv1(stem(x))) = relu(head(x)), head = conv1 o stem, one 5x5 conv;
+    * output: out(f_N + f0) = out(f_N) + out(stem(x)) = out(f_N) + direct(x) + anchor(x), where
+      direct = out o stem minus the anchor's identity taps (the anchor keeps the pixel on the output
+      grid; with ``anchor`` true already, direct = out o stem).
+
+    Exact at every pixel whose 5x5 input window lies inside the image. At the border the original
+    zero-pads f0, which no conv on the input reproduces (zero-padding the input costs about 2 dB),
+    so both 5x5 convs read the input mirror-padded (``symmetric_pad``): outputs within about 10 LR
+    pixels of the image border differ slightly from the original (QAT, distilled from the
+    original, then fits them). Returns a new model; ``model`` is left alone.
+    """
+    cfg = model.cfg
+    require(not cfg.composed_stem and not cfg.stem_act and cfg.skip == "add" and cfg.blocks >= 1,
+            "compose_stem: needs mobileone_sr with a linear stem (stem_act false), skip 'add' and a block")
+    require(all(hasattr(b, "fused") for b in model.body), "compose_stem: needs the fused (reparameterized) model")
+    weight = model.stem.weight
+    composed = MobileOneSR(dataclasses.replace(cfg, deploy=True, composed_stem=True)).to(weight.device, weight.dtype)
+    composed.model_name, composed.model_cfg = model.model_name, composed.cfg
+    composed.reparameterized, composed.clamp_output = True, model.clamp_output
+    w, b = _compose(model.body[0].fused, model.stem)
+    composed.head.weight.copy_(w)
+    composed.head.bias.copy_(b)
+    for src, dst in zip(model.body[1:], composed.body):
+        dst.load_state_dict(src.state_dict())
+    composed.out.load_state_dict(model.out.state_dict())
+    w, b = _compose(model.out, model.stem)
+    if not cfg.anchor:  # DCR: output channel k*3 + c is sub-pixel k of colour c
+        r = COMPOSED_KERNEL // 2
+        for j in range(w.shape[0]):
+            w[j, j % 3, r, r] -= 1.0
+    composed.direct.weight.copy_(w)
+    composed.direct.bias.copy_(b - model.out.bias.double())  # out(f_N) already adds out's bias
+    return composed.eval()
 
 
 @register_model("mobileone_sr", MobileOneSRConfig(), "AIO_MAI x3 SR: C=32, 8 MobileOne blocks (k=5), 82,683 deploy params")

@@ -104,23 +104,31 @@ def _fixed_spec(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
                                         quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
 
 
-def _on_input_grid(t: Node) -> bool:
-    """True when ``t`` is the graph input through shared-qparams ops only (repeat, reshape, nearest or
-    bilinear resize...): its int8 codes lie on the input's grid (same scale and zero point)."""
-    while True:
-        if t.op == "placeholder":
-            return True
-        if t.op != "call_function":
-            return False
-        if t.target in CAT_OPS:  # the anchor: one tensor repeated along channels keeps its qparams
-            sources = {a for a in t.args[0] if _is_tensor_node(a)}
-            if len(sources) != 1:
-                return False
-            t = sources.pop()
+def _layout_root(t: Node) -> Node:
+    """The tensor whose int8 codes ``t`` holds: back through layout ops (reshape, slice, nearest or
+    bilinear resize...) and through concats of pieces of one tensor (the anchor's repeat, a mirror
+    pad), which keep their source's scale and zero point."""
+    while t.op == "call_function":
+        if t.target in CAT_OPS:
+            roots = {_layout_root(a) for a in t.args[0] if _is_tensor_node(a)}
+            if len(roots) != 1:
+                return t
+            t = roots.pop()
         elif t.target in SHARED_OPS - FUSABLE_ACTIVATIONS - CLAMP_OPS and _is_tensor_node(t.args[0]):
             t = t.args[0]
         else:
-            return False
+            return t
+    return t
+
+
+def _on_input_grid(t: Node) -> bool:
+    """True when ``t``'s int8 codes lie on the graph input's grid (same scale and zero point)."""
+    return _layout_root(t).op == "placeholder"
+
+
+def _one_source_cat(n: Node) -> bool:
+    """A concat of pieces of one tensor (see ``_layout_root``): it keeps that tensor's qparams."""
+    return len({_layout_root(t) for t in n.args[0] if _is_tensor_node(t)}) == 1
 
 
 def _needs_requantization(t: Node) -> bool:
@@ -148,8 +156,8 @@ def _requantize_cat_inputs(model: GraphModule) -> int:
         if n.op != "call_function" or n.target not in CAT_OPS:
             continue
         tensors = [t for t in n.args[0] if _is_tensor_node(t)]
-        if len(set(tensors)) < 2:
-            continue  # a repeated single tensor keeps its qparams (see _annotate_cat)
+        if len(set(tensors)) < 2 or _one_source_cat(n):
+            continue  # pieces of one tensor keep its qparams (see _annotate_cat)
         new_inputs = list(n.args[0])
         for i, t in enumerate(new_inputs):
             if not (_is_tensor_node(t) and _needs_requantization(t)):
@@ -404,10 +412,11 @@ class FullIntQuantizer(Quantizer):
 
     def _annotate_cat(self, n: Node, out_spec) -> None:
         tensors = [t for t in n.args[0] if _is_tensor_node(t)]
-        if len(set(tensors)) == 1 and out_spec is None:
-            # Repeating one tensor (e.g. ABPN's anchor) keeps its qparams: no requantization.
-            src = tensors[0]
-            _mark(n, {src: self._input_spec(src)}, SharedQuantizationSpec((src, n)))
+        if out_spec is None and _one_source_cat(n):
+            # Pieces of one tensor (ABPN's anchor repeats it, a mirror pad slices it) keep its
+            # qparams: the concat moves int8 codes, no requantization.
+            first = tensors[0]
+            _mark(n, {t: self._input_spec(t) for t in dict.fromkeys(tensors)}, SharedQuantizationSpec((first, n)))
             return
         inputs = {t: SharedQuantizationSpec(n) for t in tensors}
         _mark(n, inputs, out_spec or self.act_spec)
@@ -416,7 +425,9 @@ class FullIntQuantizer(Quantizer):
         """Convs whose output, added to the input image (``_on_input_grid``), is the model output.
 
         On the output's grid (its scale, zero point 0) ``round(r) + a`` is the add, exactly, and
-        ``round(r + a)`` for the integer codes ``a`` of the input: one rounding, as in float.
+        ``round(r + a)`` for the integer codes ``a`` of the input: one rounding, as in float. The
+        residual may also be the sum of convs (``compose_stem``'s out + direct): then that add
+        rounds once onto the grid.
         """
         aligned = set()
         for n in output_roots:
@@ -425,11 +436,19 @@ class FullIntQuantizer(Quantizer):
             a, b = n.args[0], n.args[1]
             for grid, residual in ((a, b), (b, a)):
                 if (_is_tensor_node(grid) and _is_tensor_node(residual) and _on_input_grid(grid)
-                        and residual.op == "call_function" and residual.target in WEIGHTED_OPS
-                        and len(residual.users) == 1 and residual not in self._kept):
+                        and self._is_residual_layer(residual)):
                     aligned.add(residual)
                     residual.meta[GRID_RESIDUAL_META] = True  # api.grid_residual_clipping finds its quantizer
         return aligned
+
+    def _is_residual_layer(self, r: Node) -> bool:
+        """A quantized conv read by nothing else, or such convs added together."""
+        if r.op != "call_function" or len(r.users) != 1 or r in self._kept:
+            return False
+        if r.target in WEIGHTED_OPS:
+            return True
+        parts = [a for a in r.args if _is_tensor_node(a)]
+        return r.target is aten.add.Tensor and len(parts) == 2 and all(self._is_residual_layer(a) for a in parts)
 
     @staticmethod
     def _output_roots(graph) -> set:

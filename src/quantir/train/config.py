@@ -90,12 +90,20 @@ class QATConfig:
     # Channel equalization across mobileone_sr's global skip before QAT (quant/equalize.py): the
     # exponent alpha in (0, 1], None = off. Float function unchanged; the QAT copy is rescaled.
     equalize_skip: float | None = None
+    # QAT on mobileone_sr with its linear stem composed into the two convs that read it
+    # (models/mobileone_sr.compose_stem): the wide stem and skip tensors are never quantized.
+    # The fused FP32 model stays the teacher and the report's reference.
+    compose_stem: bool = False
     train: StageConfig = StageConfig(steps=500, lr=2e-5, lr_min=1e-7, ema=0.0,
                                      loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
 
     def __post_init__(self):
         require(0.0 <= self.freeze_ranges_at <= 1.0, "freeze_ranges_at must be in [0, 1]")
         require(self.equalize_skip is None or 0.0 < self.equalize_skip <= 1.0, "equalize_skip must be in (0, 1]")
+        # torch.export's graph cannot be deep-copied, and the loop's EMA keeps a copy of the model
+        require(self.train.ema == 0, "qat.train.ema must be 0 (no weight EMA for the fake-quant graph)")
+        require(not (self.compose_stem and self.equalize_skip is not None),
+                "compose_stem removes the skip tensors that equalize_skip rescales: set one of them")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +145,8 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N; checkpoints are device-free
     amp: bool = True  # bf16 autocast for the FP32 stages and the teacher on CUDA (QAT and the CPU never)
+    # BN statistics re-estimated on this many training batches before fusion (AIO_MAI); 0 keeps
+    # the running statistics the checkpoint trained with (the QAT-only preset, whose patches differ)
     bn_recal_batches: int = 64
     data: DataConfig = DataConfig()
     teacher: TeacherStageConfig = TeacherStageConfig()
@@ -152,6 +162,7 @@ class TrainConfig:
         require(self.task is not Task.SR or self.scale in (2, 3, 4), "scale must be 2, 3 or 4")
         require(self.task is not Task.ENHANCE or self.data.layout != "div2k", "DIV2K is an SR layout")
         require(self.qat.enabled or not self.export.enabled, "export needs the QAT stage (qat.enabled)")
+        require(self.bn_recal_batches >= 0, "bn_recal_batches must be >= 0 (0 keeps the running statistics)")
 
     @property
     def sr_scale(self) -> int:

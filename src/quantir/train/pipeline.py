@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
     else:
         model.clamp_output = True
         used = 0
-        if has_batchnorm(model) and not init_is_deploy:
+        if has_batchnorm(model) and not init_is_deploy and cfg.bn_recal_batches > 0:
             batches = (x.to(device) for x in calibration_batches(cfg, ctx.sources, cfg.bn_recal_batches, ctx.pixel_max))
             used = recalibrate_bn(model, batches, cfg.bn_recal_batches)
         deploy = reparameterize_model(model)
