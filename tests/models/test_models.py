@@ -55,6 +55,9 @@ def test_recalibrate_bn_reestimates_statistics():
     assert recalibrate_bn(model, iter(batches), n_batches=2) == 2
     stem_out = model.stem(torch.cat(batches[:2]))
     assert torch.allclose(bn.running_mean, stem_out.mean(dim=(0, 2, 3)), atol=1e-2)
+    bn.running_mean.fill_(100.0)  # zero batches keep the statistics (bn_recal_batches: 0)
+    assert recalibrate_bn(model, iter(batches), n_batches=0) == 0
+    assert torch.all(bn.running_mean == 100.0)
 
 
 @pytest.mark.parametrize("name", list_models())

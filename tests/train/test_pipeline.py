@@ -221,3 +221,13 @@ def test_qat_on_the_composed_stem_from_a_state_dict_keeps_the_fp32_reference(tmp
     parity = json.loads((out / "export" / "parity.json").read_text())
     assert parity["tflite"]["max_lsb"] == 0 and parity["onnx"]["max_lsb"] == 0
     assert "compose_stem: true" in (out / "config.yaml").read_text()
+
+
+def test_compose_stem_on_a_network_it_cannot_compose_fails_before_training(tmp_path, capsys):
+    from tests.train.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, model_options={"stem_act": True}, **{"qat.compose_stem": True})
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "linear stem" in err[0] and not out.exists()

@@ -153,12 +153,21 @@ def _compose(outer: nn.Conv2d, inner: nn.Conv2d) -> tuple[torch.Tensor, torch.Te
     """Weight and bias of outer(inner(x)) as one conv (3x3 o 3x3 = 5x5), exact where neither pads."""
     wo, wi = outer.weight.double(), inner.weight.double()
     k = wo.shape[-1]
-    weight = torch.zeros(wo.shape[0], wi.shape[1], k + wi.shape[-1] - 1, k + wi.shape[-1] - 1, dtype=torch.float64)
+    size = k + wi.shape[-1] - 1
+    weight = torch.zeros(wo.shape[0], wi.shape[1], size, size, dtype=torch.float64)
     for a in range(k):
         for b in range(k):
             weight[:, :, a:a + wi.shape[-2], b:b + wi.shape[-1]] += torch.einsum("om,mikl->oikl", wo[:, :, a, b], wi)
     bias = outer.bias.double() + torch.einsum("omab,m->o", wo, inner.bias.double())
     return weight, bias
+
+
+def check_composable(cfg) -> None:
+    """Raise a one-line ConfigError unless ``compose_stem`` can take a model of this config row
+    (trainers call it before any training)."""
+    require(isinstance(cfg, MobileOneSRConfig) and not cfg.composed_stem and not cfg.stem_act
+            and cfg.skip == "add" and cfg.blocks >= 1,
+            "compose_stem: needs mobileone_sr with a linear stem (stem_act false), skip 'add' and a block")
 
 
 @torch.no_grad()
@@ -181,8 +190,7 @@ def compose_stem(model: MobileOneSR) -> MobileOneSR:
     original, then fits them). Returns a new model; ``model`` is left alone.
     """
     cfg = model.cfg
-    require(not cfg.composed_stem and not cfg.stem_act and cfg.skip == "add" and cfg.blocks >= 1,
-            "compose_stem: needs mobileone_sr with a linear stem (stem_act false), skip 'add' and a block")
+    check_composable(cfg)
     require(all(hasattr(b, "fused") for b in model.body), "compose_stem: needs the fused (reparameterized) model")
     weight = model.stem.weight
     composed = MobileOneSR(dataclasses.replace(cfg, deploy=True, composed_stem=True)).to(weight.device, weight.dtype)

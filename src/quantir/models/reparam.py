@@ -31,10 +31,11 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], n_batches:
 
     Only the BN layers run in train mode, so dropout-like layers stay deterministic. EMA'd or
     long-trained running statistics drift from what the final weights produce; fusing stale
-    statistics into the deploy convs is a silent accuracy loss. Returns the batches used.
+    statistics into the deploy convs is a silent accuracy loss. Returns the batches used;
+    ``n_batches`` 0 keeps the running statistics (a checkpoint trained on other data than these).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    if not bns or n_batches <= 0:  # 0 batches: keep the running statistics the model trained with
         return 0
     was_training = model.training
     model.eval()

@@ -19,6 +19,7 @@ import torch
 from quantir import config as config_io
 from quantir.errors import ConfigError, ModelFileError, TrainingError
 from quantir.models import create_model, external, model_config, recalibrate_bn, reparameterize_model
+from quantir.models.mobileone_sr import check_composable
 from quantir.models.reparam import has_batchnorm
 from quantir.quant import checkpoint
 from quantir.quant.api import Phase, refresh_weight_qparams, set_phase
@@ -135,6 +136,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
     if resume:
         _check_resume_config(cfg, run_dir)
     model, init_is_deploy = _init_model(cfg, init)
+    if cfg.qat.enabled and cfg.qat.compose_stem:  # before an hour of FP32 stages, not after
+        check_composable(model.model_cfg)
     if cfg.teacher.enabled and cfg.task_info.is_sr:  # a typo fails now (no instance: the RNG stays untouched)
         model_config(cfg.teacher.model, scale=cfg.scale, **cfg.teacher.model_options)
     splits = build_splits(cfg, model.info.size_multiple)
@@ -196,7 +199,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
     else:
         model.clamp_output = True
         used = 0
-        if has_batchnorm(model) and not init_is_deploy and cfg.bn_recal_batches > 0:
+        if has_batchnorm(model) and not init_is_deploy:
             batches = (x.to(device) for x in calibration_batches(cfg, ctx.sources, cfg.bn_recal_batches, ctx.pixel_max))
             used = recalibrate_bn(model, batches, cfg.bn_recal_batches)
         deploy = reparameterize_model(model)
