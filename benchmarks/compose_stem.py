@@ -26,6 +26,7 @@ import torch
 from common import ROOT
 
 from quantir.data.datasets import sr_pairs
+from quantir.data.metrics import psnr, shave
 from quantir.export.runtime import load_runtime
 from quantir.models.apply import run_uint8
 from quantir.models.mobileone_sr import compose_stem
@@ -34,17 +35,10 @@ from quantir.quant import checkpoint
 SPLITS = ("stress_val", "stress", "eval")
 
 
-def psnr(pred: np.ndarray, target: np.ndarray, margin: int) -> float:
-    if margin:
-        pred, target = pred[margin:-margin, margin:-margin], target[margin:-margin, margin:-margin]
-    mse = np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / mse))
-
-
 def score(predict, pairs, margin: int) -> dict:
     outs = [(predict(p.input), p.target) for p in pairs]
-    return {"full": float(np.mean([psnr(o, t, 0) for o, t in outs])),
-            "interior": float(np.mean([psnr(o, t, margin) for o, t in outs]))}
+    return {"full": float(np.mean([psnr(o, t) for o, t in outs])),
+            "interior": float(np.mean([psnr(shave(o, margin), shave(t, margin)) for o, t in outs]))}
 
 
 def main() -> None:
