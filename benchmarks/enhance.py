@@ -20,7 +20,7 @@ from quantir.export.config import ExportConfig
 from quantir.export.from_checkpoint import export_checkpoint
 from quantir.train.data import eval_pairs
 from quantir.quant import checkpoint
-from quantir.quant.quantizer import REQUANT_META
+from quantir.quant.graph_ops import REQUANT_META
 
 STEPS = {
     # label: model options on top of qatie_unet (paper, c=16): the int8 changes accumulate

@@ -25,7 +25,7 @@ from quantir.config import load
 from quantir.evaluate.evaluate import evaluate
 from quantir.models.apply import run_uint8
 from quantir.quant import checkpoint
-from quantir.quant.quantizer import ISLAND_META
+from quantir.quant.graph_ops import ISLAND_META
 from quantir.train.config import TrainConfig
 from quantir.train.data import build_splits, calibration_batches, eval_pairs
 

@@ -70,7 +70,7 @@ QAT_ONLY = {"teacher": {"enabled": False}, "stage1": {"enabled": False}, "stage2
 # presets now hold the selected row), so the table stays reproducible: these undo the choice.
 BEFORE = {"sr_x3_mobileone_qat.yaml": {"data": {"extra_train_dirs": []}, "bn_recal_batches": 64, "qat": {
               "train": {"steps": 500, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None,
-              "compose_stem": False, "quant": {"weight_rounding": "nearest"}}},
+              "compose_stem": False, "direct_split": 0.0, "quant": {"weight_rounding": "nearest"}}},
           "sr_x3_mobileone_quick.yaml": {"qat": {
               "train": {"steps": 400, "lr": 2.0e-5}, "freeze_ranges_at": 0.8, "equalize_skip": None,
               "quant": {"weight_rounding": "nearest"}}}}

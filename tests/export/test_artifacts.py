@@ -23,7 +23,10 @@ MODELS = {"mobileone_sr": {"channels": 8, "blocks": 2, "branches": 2}, "abpn": {
           "qatie_unet": {"channels": 8},  # the paper net: InstanceNorm statistics as float islands
           # QAT on the stem-composed form (qat.compose_stem): mirror pad as slices + concats, two
           # 5x5 convs on the input, out + direct as one residual on the output grid
-          "mobileone_sr_composed": {"channels": 8, "blocks": 2, "branches": 2}}
+          "mobileone_sr_composed": {"channels": 8, "blocks": 2, "branches": 2},
+          # ... with the direct conv split (qat.direct_split): its clamp as its int8 range, two
+          # edge branches added to the anchor on the input grid
+          "mobileone_sr_split": {"channels": 8, "blocks": 2, "branches": 2}}
 # The float ops each model's TFLite may keep (its InstanceNorms' statistics); every other op is int8.
 FLOAT_ISLANDS = {"qatie_unet": {"ADD", "DEQUANTIZE", "MEAN", "MUL", "QUANTIZE", "RESHAPE", "RSQRT"}}
 
@@ -52,7 +55,7 @@ def _qat_model(name):
     """A tiny model trained briefly in FP32, then a few QAT steps with learned ranges."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = create_model(name.removesuffix("_composed"), **MODELS[name])
+    model = create_model(name.removesuffix("_composed").removesuffix("_split"), **MODELS[name])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(60):
         x, y = _batch(model.info, rng)
@@ -61,7 +64,9 @@ def _qat_model(name):
         loss.backward()
         opt.step()
     deploy = reparameterize_model(model)
-    qdeploy = compose_stem(deploy) if name.endswith("_composed") else deploy
+    qdeploy = deploy
+    if name.endswith(("_composed", "_split")):
+        qdeploy = compose_stem(deploy, direct_split=8.0 if name.endswith("_split") else 0.0)
     qmodel = prepare_qat(qdeploy, x[:2], QuantConfig())
     with torch.no_grad():
         qmodel(x)

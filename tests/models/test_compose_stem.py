@@ -70,3 +70,18 @@ def test_qat_checkpoint_of_a_composed_model_rebuilds_the_same_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(rebuilt(x), q(x))
     assert not checkpoint.build_float(record["float"]).cfg.composed_stem  # the reference stays the fused original
+
+
+def test_split_direct_is_the_same_function():
+    """clamp(d, -R, R) + relu(d - R) + min(d + R, 0) = d: the split composed net equals the unsplit
+    one everywhere (float64), and the split needs the composed form."""
+    fused = _fused()
+    whole, split = compose_stem(fused), compose_stem(fused, direct_split=4.0)
+    assert split.cfg.direct_split == 4.0
+    x = torch.rand(1, 3, 20, 22, dtype=torch.float64) * 255
+    with torch.no_grad():
+        d = whole.direct(symmetric_pad(x, 2))
+        assert d.abs().max() > 4.0 and (d.abs() < 4.0).any()  # both sides of the split are exercised
+        assert (whole(x) - split(x)).abs().max() < 1e-9
+    with pytest.raises(ConfigError, match="direct_split needs composed_stem"):
+        create_model("mobileone_sr", channels=8, blocks=2, direct_split=4.0)

@@ -16,7 +16,7 @@ from quantir.export.config import ExportConfig
 from quantir.models.protocol import RestorationModel
 from quantir.numerics import TANH_QPARAMS
 from quantir.quant.api import calibrate, convert, prepare_ptq
-from quantir.quant.quantizer import REQUANT_META
+from quantir.quant.graph_ops import REQUANT_META
 from tests.conftest import natural_image
 
 

@@ -139,3 +139,29 @@ def test_composed_stem_residual_sum_takes_the_output_grid_and_its_pad_keeps_the_
     for hw in ((20, 24), (17, 31)):  # sizes other than the conversion's: the slices count from the ends
         img = downscale(natural_image(hw[0] * 3, hw[1] * 3, seed=9), 3)
         assert np.array_equal(load_runtime(path).run(img), run_uint8(q, img))
+
+
+def test_split_direct_keeps_a_fine_grid_and_adds_its_edge_branches_on_the_input_grid(tmp_path):
+    """compose_stem(direct_split=R): the clamped direct conv takes +-R at zero point 0 (its clamp is
+    its range, no MAXIMUM/MINIMUM left for it), the two edge branches are added to the anchor on
+    the input grid, and out + fine is the residual on the output grid."""
+    from quantir.models.mobileone_sr import compose_stem
+
+    torch.manual_seed(0)
+    fused = reparameterize_model(create_model("mobileone_sr", channels=8, blocks=2, branches=2).eval())
+    q = _qat(True, compose_stem(fused, direct_split=8.0))
+    path = tmp_path / "split.tflite"
+    tfe.export_int8(convert(q), path, {"task": "sr", "scale": 3, "pixel_max": 255.0})
+    model = tg.read(path.read_bytes())
+    sg = model.subgraphs[0]
+    qp = lambda i: (float(sg.tensors[i].quantization.scale[0]), int(sg.tensors[i].quantization.zeroPoint[0]))
+    ops = [tg.op_name(model, op) for op in sg.operators]
+    assert ops.count("MINIMUM") == 1 and "MAXIMUM" not in ops  # only the under branch's min(., 0)
+    conv_outputs = [qp(op.outputs[0]) for op in sg.operators if tg.op_name(model, op) == "CONV_2D"]
+    assert conv_outputs.count((np.float32(8.0 / 127).item(), 0)) == 1  # the fine part of direct
+    adds = [([qp(i) for i in op.inputs], qp(op.outputs[0])) for op in sg.operators if tg.op_name(model, op) == "ADD"]
+    assert [out for _, out in adds] == [(1.0, -128), (1.0, -128), (1.0, 0), (1.0, -128)]  # base, base, residual, output
+    assert sorted(adds[-1][0]) == [(1.0, -128), (1.0, 0)]
+    for hw in ((20, 24), (17, 31)):
+        img = downscale(natural_image(hw[0] * 3, hw[1] * 3, seed=9), 3)
+        assert np.array_equal(load_runtime(path).run(img), run_uint8(q, img))

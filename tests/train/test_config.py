@@ -26,6 +26,8 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
     ({"qat": {"quant": {"odm": {"mismatch_weight": -1}}}}, "qat.quant.odm.mismatch_weight must be >= 0"),
     ({"export": {"formats": ["tflite", "tf"]}}, "export.formats[1]: 'tf' is not one of ['tflite', 'onnx']"),
     ({"qat": {"compose_stem": True, "equalize_skip": 0.5}}, "compose_stem removes the skip tensors"),
+    ({"qat": {"direct_split": 16.0}}, "qat.direct_split needs qat.compose_stem"),
+    ({"qat": {"compose_stem": True, "direct_split": -1.0}}, "must be >= 0"),
     ({"bn_recal_batches": -1}, "bn_recal_batches must be >= 0"),
     ({"qat": {"train": {"ema": 0.999}}}, "qat.train.ema must be 0"),
 ])

@@ -79,7 +79,17 @@ def _quantizers(gm: torch.fx.GraphModule) -> dict[str, tuple[torch.nn.Module, st
             name = "input pixels"
         elif src.op == "call_function":
             op = getattr(src.target, "__name__", str(src.target)).split(".")[0]
-            name = f"{model_path(src) or '(top)'} {op}"
+            inner = src.args[0] if src.args and isinstance(src.args[0], torch.fx.Node) else None
+            if inner is not None and inner.op == "call_module" and inner.args:  # a shared-qparams op: past its input's
+                inner = inner.args[0]
+            own, layer = model_path(src), model_path(inner) if inner is not None else ""
+            functional = own in ("", "model") or (layer.startswith(own + ".") and own != layer)
+            if op in ("relu", "clamp") and functional and inner.op == "call_function":
+                # a functional activation (torch.relu in forward()) has no module of its own: name its layer's
+                inner_op = getattr(inner.target, "__name__", "").split(".")[0]
+                name = f"{model_path(inner) or '(top)'} {inner_op} {op}"
+            else:
+                name = f"{model_path(src) or '(top)'} {op}"
         else:  # re-quantization of another quantizer's output: name it by its reader
             op = getattr(getattr(user, "target", None), "__name__", "output").split(".")[0]
             name = f"{model_path(user) if user is not None else '(top)'} {op} input"

@@ -90,6 +90,9 @@ class MobileOneSRConfig:
     deploy: bool = False  # build the fused form directly (to load deploy checkpoints)
     # Deploy form with the linear stem composed into its two readers (``compose_stem``); QAT-only.
     composed_stem: bool = False
+    # composed_stem only: the direct conv's int8 range, +-direct_split pixel levels (0: one conv).
+    # Beyond it two ReLU branches carry the excess onto the input grid (``split_direct``).
+    direct_split: float = 0.0
 
     def __post_init__(self):
         check_choices(self)
@@ -97,6 +100,8 @@ class MobileOneSRConfig:
         require(not self.composed_stem or (self.deploy and not self.stem_act and self.skip == "add"
                                            and self.blocks >= 1),
                 "mobileone_sr: composed_stem needs deploy, stem_act false, skip 'add' and at least one block")
+        require(self.direct_split >= 0 and (self.direct_split == 0 or self.composed_stem),
+                "mobileone_sr: direct_split needs composed_stem and must be >= 0")
 
 
 class MobileOneSR(RestorationModel):
@@ -111,6 +116,9 @@ class MobileOneSR(RestorationModel):
             self.head_act = nn.ReLU()
             self.body = nn.Sequential(*[MobileOneBlock(c, cfg.branches, True) for _ in range(cfg.blocks - 1)])
             self.direct = nn.Conv2d(3, 3 * s * s, COMPOSED_KERNEL)
+            if cfg.direct_split:
+                self.direct_over = nn.Conv2d(3, 3 * s * s, COMPOSED_KERNEL)
+                self.direct_under = nn.Conv2d(3, 3 * s * s, COMPOSED_KERNEL)
             self.out = conv3x3(c, 3 * s * s)
             return
         self.stem = conv3x3(3, c)
@@ -140,7 +148,17 @@ class MobileOneSR(RestorationModel):
         f = self.body(self.head_act(self.head(xp)))
         # The two residual parts meet after the last convs (their rounding is not amplified) and
         # their sum is the residual on the output grid of the anchor add.
-        y = (self.out(f) + self.direct(xp)) + anchor(x, self.cfg.scale)
+        if self.cfg.direct_split:
+            # direct = clamp(direct, +-R) + relu(direct - R) + min(direct + R, 0): the clamped part
+            # on a fine int8 grid (the quantizer reads the clamp's bounds as its range), the excess
+            # (edges only, zero elsewhere) added to the anchor on the input grid.
+            r = self.cfg.direct_split
+            base = anchor(x, self.cfg.scale)
+            fine = torch.clamp(self.direct(xp), -r, r)
+            base = (base + torch.relu(self.direct_over(xp))) + torch.clamp(self.direct_under(xp), max=0.0)
+            y = (self.out(f) + fine) + base
+        else:  # (this op order numbers the quantizers of the QAT checkpoints written before the split)
+            y = (self.out(f) + self.direct(xp)) + anchor(x, self.cfg.scale)
         if self.clamp_output:
             y = torch.clamp(y, 0.0, 255.0)
         return depth_to_space(y, self.cfg.scale)
@@ -171,7 +189,7 @@ def check_composable(cfg) -> None:
 
 
 @torch.no_grad()
-def compose_stem(model: MobileOneSR) -> MobileOneSR:
+def compose_stem(model: MobileOneSR, direct_split: float = 0.0) -> MobileOneSR:
     """The fused paper network with its linear stem composed into the two convs that read it.
 
     The stem output f0 and the skip sum f0 + body(f0) carry pixel intensity (about -160..210 on
@@ -188,12 +206,19 @@ def compose_stem(model: MobileOneSR) -> MobileOneSR:
     so both 5x5 convs read the input mirror-padded (``symmetric_pad``): outputs within about 10 LR
     pixels of the image border differ slightly from the original (QAT, distilled from the
     original, then fits them). Returns a new model; ``model`` is left alone.
+
+    ``direct_split`` R > 0: direct's output spans about +-110 pixel levels at sharp edges but is
+    small almost everywhere else, so one int8 grid over it (step ~0.65) adds visible noise on smooth
+    photos. Split exactly as clamp(d, -R, R) + relu(d - R) + min(d + R, 0): the first part on a
+    fine grid of its own (step R/127), the other two zero except at edges, added to the anchor on
+    the input grid (BENCHMARKS.md "Direct split").
     """
     cfg = model.cfg
     check_composable(cfg)
     require(all(hasattr(b, "fused") for b in model.body), "compose_stem: needs the fused (reparameterized) model")
     weight = model.stem.weight
-    composed = MobileOneSR(dataclasses.replace(cfg, deploy=True, composed_stem=True)).to(weight.device, weight.dtype)
+    composed = MobileOneSR(dataclasses.replace(cfg, deploy=True, composed_stem=True, direct_split=direct_split)
+                           ).to(weight.device, weight.dtype)
     composed.model_name, composed.model_cfg = model.model_name, composed.cfg
     composed.reparameterized, composed.clamp_output = True, model.clamp_output
     w, b = _compose(model.body[0].fused, model.stem)
@@ -207,8 +232,13 @@ def compose_stem(model: MobileOneSR) -> MobileOneSR:
         r = COMPOSED_KERNEL // 2
         for j in range(w.shape[0]):
             w[j, j % 3, r, r] -= 1.0
+    b = b - model.out.bias.double()  # out(f_N) already adds out's bias
     composed.direct.weight.copy_(w)
-    composed.direct.bias.copy_(b - model.out.bias.double())  # out(f_N) already adds out's bias
+    composed.direct.bias.copy_(b)
+    if direct_split:
+        for conv, shift in ((composed.direct_over, -direct_split), (composed.direct_under, direct_split)):
+            conv.weight.copy_(w)
+            conv.bias.copy_(b + shift)
     return composed.eval()
 
 

@@ -44,7 +44,8 @@ from quantir.quant.exact import emulate_integer_convs, emulate_integer_convs_con
 from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize  # noqa: E402
 from quantir.quant.observers import RangeObserver  # noqa: E402
 from quantir.quant.odm import enable_mismatch  # noqa: E402
-from quantir.quant.quantizer import GRID_RESIDUAL_META, FullIntQuantizer, IOQuant  # noqa: E402
+from quantir.quant.graph_ops import GRID_RESIDUAL_META  # noqa: E402
+from quantir.quant.quantizer import FullIntQuantizer, IOQuant  # noqa: E402
 from quantir.quant.rewrite import module_path  # noqa: E402
 from quantir.quant.support import inspect_model  # noqa: E402
 

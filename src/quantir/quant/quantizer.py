@@ -21,7 +21,11 @@ Rules (TFLite's int8 spec, which onnxruntime's QDQ kernels follow too):
   with a range of its own the residual would be rounded twice (measured: the largest INT8 loss of
   the anchor nets on smooth photos, BENCHMARKS "Residual on the output grid");
 * a clamp that only restates the I/O range (``clamp(x, 0, 255)`` before a 0..255 output) is
-  removed from the quantized graph: quantizing to that range already clamps, bit for bit.
+  removed from the quantized graph: quantizing to that range already clamps, bit for bit;
+* a symmetric clamp right after a conv, ``clamp(conv(x), -R, R)``, is that conv's int8 range
+  (scale R/127, zero point 0) and is removed the same way; the grid operand of such an output
+  add may also be the input plus edge branches (``relu(conv)``, ``min(conv, 0)``), added on the
+  input's grid (``_grid_base``; ``compose_stem``'s split direct conv).
 """
 
 from __future__ import annotations
@@ -39,34 +43,16 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
-from quantir.numerics import INT8_MAX, INT8_MIN, REQUANT_ONE_QPARAMS, SIGMOID_QPARAMS, TANH_QPARAMS
+from quantir.numerics import INT8_MAX, INT8_MIN, REQUANT_ONE_QPARAMS
 from quantir.quant.config import KeepLayers
+from quantir.quant.graph_ops import (
+    BINARY_SHARED, CAT_OPS, CLAMP_OPS, CLAMP_RANGE_META, COMPUTE_OPS, FIXED_QPARAMS, FUSABLE_ACTIVATIONS,
+    GRID_RESIDUAL_META, INSTANCE_NORM, ISLAND_META, REQUANT_META, SHARED_OPS, UNARY_OPS, WEIGHTED_OPS, aten,
+    clamp_bounds, edge_branch, is_tensor_node, needs_requantization, on_input_grid, one_source_cat,
+    symmetric_clamp_of_layer,
+)
 from quantir.quant.layer_roles import kept_layers
 from quantir.quant.rewrite import add_constant  # rank 4 like the image tensors: a scalar lowers with a RESHAPE
-
-aten = torch.ops.aten
-
-COMPUTE_OPS = {aten.conv2d.default, aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, aten.linear.default}
-WEIGHTED_OPS = (aten.conv2d.default, aten.linear.default)  # the layers with weights (and kept-layer rules)
-FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default}
-SHARED_OPS = {
-    aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.permute.default, aten.view.default,
-    aten.reshape.default, aten.repeat.default, aten.max_pool2d.default, aten.avg_pool2d.default,
-    aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default, aten.upsample_bilinear2d.vec,
-    aten.upsample_bilinear2d.default, aten.clone.default, aten.contiguous.default,
-    aten.relu.default, aten.relu_.default, aten.clamp.default, aten.hardtanh.default,
-    aten.flatten.using_ints, aten.squeeze.dim, aten.unsqueeze.default, aten.slice.Tensor,
-}
-CLAMP_OPS = {aten.clamp.default, aten.hardtanh.default}
-# Unary ops with a new output range of their own (their int8 kernels requantize).
-UNARY_OPS = {aten.leaky_relu.default, aten.instance_norm.default, aten.gelu.default, aten.hardswish.default}
-INSTANCE_NORM = aten.instance_norm.default
-FIXED_QPARAMS = {aten.tanh.default: TANH_QPARAMS, aten.sigmoid.default: SIGMOID_QPARAMS}
-CAT_OPS = {aten.cat.default, aten.concat.default}
-BINARY_SHARED = {aten.minimum.default, aten.maximum.default}  # TFLite MINIMUM/MAXIMUM: one scale for all
-REQUANT_META = "quantir_requantize"  # node.meta key of the MULs that requantize a concat input
-ISLAND_META = "quantir_float_island"  # node.meta key of ops left in float (an InstanceNorm's statistics)
-GRID_RESIDUAL_META = "quantir_grid_residual"  # node.meta key of the convs whose output takes the output grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +71,6 @@ class IOQuant:
                                             quant_min=INT8_MIN, quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
 
 
-def _is_tensor_node(n) -> bool:
-    return isinstance(n, Node) and isinstance(n.meta.get("val"), torch.Tensor)
-
-
 def _annotated(n: Node) -> bool:
     ann = n.meta.get("quantization_annotation")
     return ann is not None and ann.output_qspec is not None
@@ -104,44 +86,6 @@ def _fixed_spec(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
                                         quant_max=INT8_MAX, qscheme=torch.per_tensor_affine)
 
 
-def _layout_root(t: Node) -> Node:
-    """The tensor whose int8 codes ``t`` holds: back through layout ops (reshape, slice, nearest or
-    bilinear resize...) and through concats of pieces of one tensor (the anchor's repeat, a mirror
-    pad), which keep their source's scale and zero point."""
-    while t.op == "call_function":
-        if t.target in CAT_OPS:
-            roots = {_layout_root(a) for a in t.args[0] if _is_tensor_node(a)}
-            if len(roots) != 1:
-                return t
-            t = roots.pop()
-        elif t.target in SHARED_OPS - FUSABLE_ACTIVATIONS - CLAMP_OPS and _is_tensor_node(t.args[0]):
-            t = t.args[0]
-        else:
-            return t
-    return t
-
-
-def _on_input_grid(t: Node) -> bool:
-    """True when ``t``'s int8 codes lie on the graph input's grid (same scale and zero point)."""
-    return _layout_root(t).op == "placeholder"
-
-
-def _one_source_cat(n: Node) -> bool:
-    """A concat of pieces of one tensor (see ``_layout_root``): it keeps that tensor's qparams."""
-    return len({_layout_root(t) for t in n.args[0] if _is_tensor_node(t)}) == 1
-
-
-def _needs_requantization(t: Node) -> bool:
-    """True when a concat input carries qparams of its own that the concat's output cannot adopt.
-
-    Compute and unary ops get a fresh range, which PT2E merges with the concat's; fixed-qparams
-    ops, layout ops (which share their producer's) and graph inputs keep theirs.
-    """
-    return t.op == "placeholder" or (t.op == "call_function" and (
-        t.target in FIXED_QPARAMS or t.target in BINARY_SHARED or
-        (t.target in SHARED_OPS and t.target not in FUSABLE_ACTIVATIONS)))
-
-
 def _requantize_cat_inputs(model: GraphModule) -> int:
     """Put a requantizing int8 MUL by a constant 1 in front of every concat input that needs one.
 
@@ -155,12 +99,12 @@ def _requantize_cat_inputs(model: GraphModule) -> int:
     for n in list(model.graph.nodes):
         if n.op != "call_function" or n.target not in CAT_OPS:
             continue
-        tensors = [t for t in n.args[0] if _is_tensor_node(t)]
-        if len(set(tensors)) < 2 or _one_source_cat(n):
+        tensors = [t for t in n.args[0] if is_tensor_node(t)]
+        if len(set(tensors)) < 2 or one_source_cat(n):
             continue  # pieces of one tensor keep its qparams (see _annotate_cat)
         new_inputs = list(n.args[0])
         for i, t in enumerate(new_inputs):
-            if not (_is_tensor_node(t) and _needs_requantization(t)):
+            if not (is_tensor_node(t) and needs_requantization(t)):
                 continue
             count += 1
             one = add_constant(model, f"_quantir_requant_one_{count}", 1.0, n)
@@ -250,6 +194,7 @@ class FullIntQuantizer(Quantizer):
         self.act_spec, self.weight_spec, self.io = act_spec, weight_spec, io
         self.conv_inputs_only, self.align_residual = conv_inputs_only, align_residual
         self._aligned: set = set()
+        self._base_adds: set = set()  # adds of edge branches onto the input grid (see _grid_base)
         self.keep, (self.kept_act_spec, self.kept_weight_spec) = keep, kept_specs
         self._kept: set = set()
         self._float: set = set()  # nodes whose output stays float (after layers kept in float)
@@ -261,11 +206,18 @@ class FullIntQuantizer(Quantizer):
         lo, hi = self.io.representable
         for n in list(model.graph.nodes):
             if n.op == "call_function" and n.target in CLAMP_OPS and self._reaches_output(n):
-                cmin = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
-                cmax = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
+                cmin, cmax = clamp_bounds(n)
                 if cmin is not None and cmax is not None and cmin <= lo + 1e-9 and cmax >= hi - 1e-9:
                     n.replace_all_uses_with(n.args[0])
                     model.graph.erase_node(n)
+            elif (n.op == "call_function" and n.target in CLAMP_OPS and not self.conv_inputs_only
+                  and symmetric_clamp_of_layer(n)):
+                # layer -> clamp(-R, R): the layer's int8 output spans +-R (zero point 0) and saturates
+                # there, which is the clamp; no MINIMUM/MAXIMUM op is left to export.
+                layer = n.args[0]
+                layer.meta[CLAMP_RANGE_META] = float(clamp_bounds(n)[1])
+                n.replace_all_uses_with(layer)
+                model.graph.erase_node(n)
         _decompose_instance_norms(model)
         _requantize_cat_inputs(model)
         model.graph.lint()
@@ -296,6 +248,7 @@ class FullIntQuantizer(Quantizer):
             return self._annotate_conv_inputs(model)
         output_roots = self._output_roots(graph)
         self._out_spec = lambda node: io_spec if node in output_roots else None
+        self._base_adds = set()
         self._aligned = self._grid_residuals(output_roots) if self.align_residual else set()
         for n in graph.nodes:
             if n.op != "call_function" or _marked(n):
@@ -316,7 +269,7 @@ class FullIntQuantizer(Quantizer):
             elif n.target in BINARY_SHARED:
                 x, other = n.args[0], n.args[1]
                 inputs = {x: self._input_spec(x)}
-                if _is_tensor_node(other):
+                if is_tensor_node(other):
                     inputs[other] = SharedQuantizationSpec((x, n))
                 _mark(n, inputs, SharedQuantizationSpec((x, n)))
             elif n.target in UNARY_OPS:
@@ -327,7 +280,7 @@ class FullIntQuantizer(Quantizer):
                 _mark(n, {inp: self._input_spec(inp)}, _fixed_spec(*FIXED_QPARAMS[n.target]))
             elif n.target in SHARED_OPS:
                 inp = n.args[0]
-                if not _is_tensor_node(inp):
+                if not is_tensor_node(inp):
                     continue
                 if inp in self._float:  # after a layer kept in float (KeepLayers): layout stays float too
                     if out_spec is None:
@@ -373,7 +326,7 @@ class FullIntQuantizer(Quantizer):
 
     def _annotate_compute(self, n: Node, out_spec) -> None:
         inputs = {}
-        tensor_args = [a for a in n.args if _is_tensor_node(a)]
+        tensor_args = [a for a in n.args if is_tensor_node(a)]
         kept = n in self._kept
         act_spec, weight_spec = self._layer_specs(n)
         if n.target in WEIGHTED_OPS:
@@ -400,6 +353,10 @@ class FullIntQuantizer(Quantizer):
             act_spec = self.kept_act_spec
         if n in self._aligned:
             act_spec = _fixed_spec(self.io.scale, 0)
+        elif n in self._base_adds:
+            act_spec = self.io.spec()
+        elif CLAMP_RANGE_META in n.meta:
+            act_spec = self._symmetric_spec(n.meta[CLAMP_RANGE_META])
         if fused:
             _mark(n, inputs, None)
             relu = users[0]
@@ -411,8 +368,8 @@ class FullIntQuantizer(Quantizer):
             self._float.add(n)  # a layer kept in float: its consumers quantize (or not) what they read
 
     def _annotate_cat(self, n: Node, out_spec) -> None:
-        tensors = [t for t in n.args[0] if _is_tensor_node(t)]
-        if out_spec is None and _one_source_cat(n):
+        tensors = [t for t in n.args[0] if is_tensor_node(t)]
+        if out_spec is None and one_source_cat(n):
             # Pieces of one tensor (ABPN's anchor repeats it, a mirror pad slices it) keep its
             # qparams: the concat moves int8 codes, no requantization.
             first = tensors[0]
@@ -422,7 +379,7 @@ class FullIntQuantizer(Quantizer):
         _mark(n, inputs, out_spec or self.act_spec)
 
     def _grid_residuals(self, output_roots: set) -> set:
-        """Convs whose output, added to the input image (``_on_input_grid``), is the model output.
+        """Convs whose output, added to the input image (``on_input_grid``), is the model output.
 
         On the output's grid (its scale, zero point 0) ``round(r) + a`` is the add, exactly, and
         ``round(r + a)`` for the integer codes ``a`` of the input: one rounding, as in float. The
@@ -435,11 +392,28 @@ class FullIntQuantizer(Quantizer):
                 continue
             a, b = n.args[0], n.args[1]
             for grid, residual in ((a, b), (b, a)):
-                if (_is_tensor_node(grid) and _is_tensor_node(residual) and _on_input_grid(grid)
+                base_adds = set()
+                if (is_tensor_node(grid) and is_tensor_node(residual) and self._grid_base(grid, base_adds)
                         and self._is_residual_layer(residual)):
                     aligned.add(residual)
                     residual.meta[GRID_RESIDUAL_META] = True  # api.grid_residual_clipping finds its quantizer
+                    self._base_adds |= base_adds
         return aligned
+
+    def _grid_base(self, t: Node, base_adds: set) -> bool:
+        """``t`` holds codes on the input grid: a layout of the input, or such a tensor plus edge
+        branches (``compose_stem``'s split direct conv), each add taking the input's qparams and
+        collected in ``base_adds`` (it rounds only where the branch is non-zero)."""
+        if on_input_grid(t):
+            return True
+        if not (t.op == "call_function" and t.target is aten.add.Tensor and len(t.users) == 1
+                and all(is_tensor_node(a) for a in t.args[:2])):
+            return False
+        for base, branch in ((t.args[0], t.args[1]), (t.args[1], t.args[0])):
+            if edge_branch(branch) and branch.args[0] not in self._kept and self._grid_base(base, base_adds):
+                base_adds.add(t)
+                return True
+        return False
 
     def _is_residual_layer(self, r: Node) -> bool:
         """A quantized conv read by nothing else, or such convs added together."""
@@ -447,8 +421,15 @@ class FullIntQuantizer(Quantizer):
             return False
         if r.target in WEIGHTED_OPS:
             return True
-        parts = [a for a in r.args if _is_tensor_node(a)]
+        parts = [a for a in r.args if is_tensor_node(a)]
         return r.target is aten.add.Tensor and len(parts) == 2 and all(self._is_residual_layer(a) for a in parts)
+
+    def _symmetric_spec(self, bound: float) -> FixedQParamsQuantizationSpec:
+        """Fixed qparams spanning +-bound at zero point 0 (the top code lands on ``bound``)."""
+        qmax = self.act_spec.quant_max
+        return FixedQParamsQuantizationSpec(dtype=self.act_spec.dtype, scale=bound / qmax, zero_point=0,
+                                            quant_min=self.act_spec.quant_min, quant_max=qmax,
+                                            qscheme=torch.per_tensor_affine)
 
     @staticmethod
     def _output_roots(graph) -> set:

@@ -21,7 +21,7 @@ from torch.fx import GraphModule, Node
 
 from quantir.errors import ConfigError
 from quantir.models.protocol import RestorationModel, WrappedModel
-from quantir.quant.quantizer import (BINARY_SHARED, CAT_OPS, COMPUTE_OPS, FIXED_QPARAMS, INSTANCE_NORM, SHARED_OPS,
+from quantir.quant.graph_ops import (BINARY_SHARED, CAT_OPS, COMPUTE_OPS, FIXED_QPARAMS, INSTANCE_NORM, SHARED_OPS,
                                      UNARY_OPS)
 from quantir.quant.rewrite import RewrittenModel, export_nchw, module_path, rewrite_graph, source_line
 

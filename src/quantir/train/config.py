@@ -94,6 +94,10 @@ class QATConfig:
     # (models/mobileone_sr.compose_stem): the wide stem and skip tensors are never quantized.
     # The fused FP32 model stays the teacher and the report's reference.
     compose_stem: bool = False
+    # With compose_stem: the direct conv's int8 range in pixel levels (+-R on a grid of R/127);
+    # beyond it, edge branches add the excess on the input grid (compose_stem's direct_split).
+    # 0 = one direct conv on a learned range.
+    direct_split: float = 0.0
     train: StageConfig = StageConfig(steps=500, lr=2e-5, lr_min=1e-7, ema=0.0,
                                      loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
 
@@ -104,6 +108,8 @@ class QATConfig:
         require(self.train.ema == 0, "qat.train.ema must be 0 (no weight EMA for the fake-quant graph)")
         require(not (self.compose_stem and self.equalize_skip is not None),
                 "compose_stem removes the skip tensors that equalize_skip rescales: set one of them")
+        require(self.direct_split >= 0 and (self.direct_split == 0 or self.compose_stem),
+                "qat.direct_split needs qat.compose_stem and must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,7 +138,7 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
     if cfg.compose_stem:  # a composed copy for QAT (train() checked it can be); deploy stays the teacher and the reference
         # The original teaches, not the composed FP32 copy: on 3 seeds each, distilling from the
         # composed copy lost 0.12 dB more on stress (BENCHMARKS.md "Stem composition").
-        qdeploy = compose_stem(qdeploy)
+        qdeploy = compose_stem(qdeploy, direct_split=cfg.direct_split)
     if cfg.equalize_skip is not None:  # a rescaled copy for QAT; deploy stays the teacher and reference
         qdeploy = copy.deepcopy(qdeploy)
         equalize_skip(qdeploy, calibration_batches(ctx.cfg, ctx.sources, cfg.calib_batches, ctx.pixel_max),
