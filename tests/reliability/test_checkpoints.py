@@ -129,3 +129,16 @@ def test_garbage_and_plain_safetensors_files(cli, tmp_path):
     for path in (garbage, plain):
         code, errors, _ = cli("eval", path, "--data", tmp_path)
         assert code == 2 and len(errors) == 1 and str(path) in errors[0]
+
+
+def test_checkpoint_with_weights_of_another_shape_gets_one_line(cli, tmp_path):
+    from quantir.models import create_model
+
+    rec = checkpoint.float_record(create_model("mobileone_sr_tiny"))
+    key = next(iter(rec["state_dict"]))
+    rec["state_dict"] = {**rec["state_dict"], key: torch.zeros(1)}
+    path = tmp_path / "reshaped.safetensors"
+    checkpoint.save(rec, path)
+    code, errors, _ = cli("eval", path, "--data", tmp_path)
+    assert code == 2 and len(errors) == 1
+    assert "do not match the model" in errors[0] and "size mismatch" in errors[0] and key in errors[0]

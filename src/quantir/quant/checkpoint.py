@@ -187,7 +187,11 @@ def qat_record(qmodel: QuantizedModel, example_hw: tuple[int, int], float_model:
 
 
 def _load_state(model: torch.nn.Module, state: dict, what: str, strict: bool = True, ignore=()) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape (another config, or another quantizer numbering)
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ModelFileError(f"{what}: weights do not match the model ({detail})") from None
     missing = [k for k in missing if not k.endswith(tuple(ignore))]
     if strict and (missing or unexpected):
         first = (missing or unexpected)[0]
