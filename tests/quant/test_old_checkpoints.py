@@ -1,4 +1,5 @@
-"""QAT checkpoints written by older code rebuild to the same fake-quant model, bit for bit.
+"""QAT checkpoints written by older code (and the built-in models' own) rebuild to the same fake-quant model, bit
+for bit.
 
 A checkpoint stores the quantizers by their number in the exported graph, so an innocent reorder
 of a model's forward() renumbers them (it happened once to compose_stem's output sum). The files
@@ -23,3 +24,16 @@ def test_old_qat_checkpoint_rebuilds_bit_for_bit(path):
     expected = np.load(path.with_name(f"{path.stem}_output.npy"))
     model = checkpoint.build(checkpoint.load(path), what=str(path))
     assert np.array_equal(run_uint8(model, natural_image(*INPUT_SIZE, seed=INPUT_SEED)), expected)
+
+
+@pytest.mark.parametrize("name", ["sr_x3", "enhance"])
+def test_builtin_qat_checkpoint_still_gives_its_shipped_tflite(name):
+    """The built-in models ship their QAT checkpoint next to the TFLite it was exported from: today's
+    quantizer must rebuild the same fake-quant model, 0 LSB from the shipped artifact."""
+    import quantir
+    from quantir.export.runtime import load_runtime
+
+    folder = Path(quantir.__file__).parent / "assets" / name
+    model = checkpoint.build(checkpoint.load(folder / "qat_final.safetensors"))
+    img = natural_image(24, 32, seed=5)
+    assert np.array_equal(run_uint8(model, img), load_runtime(folder / "model_int8.tflite").run(img))
