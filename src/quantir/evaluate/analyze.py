@@ -82,12 +82,12 @@ def _quantizers(gm: torch.fx.GraphModule) -> dict[str, tuple[torch.nn.Module, st
             inner = src.args[0] if src.args and isinstance(src.args[0], torch.fx.Node) else None
             if inner is not None and inner.op == "call_module" and inner.args:  # a shared-qparams op: past its input's
                 inner = inner.args[0]
-            own, layer = model_path(src), model_path(inner) if inner is not None else ""
-            functional = own in ("", "model") or (layer.startswith(own + ".") and own != layer)
-            if op in ("relu", "clamp") and functional and inner.op == "call_function":
+            own = model_path(src)
+            layer = model_path(inner) if inner is not None and inner.op == "call_function" else None
+            if op in ("relu", "clamp") and layer is not None and (own in ("", "model") or layer.startswith(own + ".")):
                 # a functional activation (torch.relu in forward()) has no module of its own: name its layer's
                 inner_op = getattr(inner.target, "__name__", "").split(".")[0]
-                name = f"{model_path(inner) or '(top)'} {inner_op} {op}"
+                name = f"{layer or '(top)'} {inner_op} {op}"
             else:
                 name = f"{model_path(src) or '(top)'} {op}"
         else:  # re-quantization of another quantizer's output: name it by its reader

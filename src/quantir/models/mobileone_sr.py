@@ -91,7 +91,7 @@ class MobileOneSRConfig:
     # Deploy form with the linear stem composed into its two readers (``compose_stem``); QAT-only.
     composed_stem: bool = False
     # composed_stem only: the direct conv's int8 range, +-direct_split pixel levels (0: one conv).
-    # Beyond it two ReLU branches carry the excess onto the input grid (``split_direct``).
+    # Beyond it two edge branches carry the excess onto the input grid (``compose_stem``).
     direct_split: float = 0.0
 
     def __post_init__(self):

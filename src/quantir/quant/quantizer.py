@@ -204,6 +204,7 @@ class FullIntQuantizer(Quantizer):
     # -- graph clean-up -------------------------------------------------------------------
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
         lo, hi = self.io.representable
+        kept = kept_layers(model.graph, self.keep)  # their clamps stay: a kept layer may stay float
         for n in list(model.graph.nodes):
             if n.op == "call_function" and n.target in CLAMP_OPS and self._reaches_output(n):
                 cmin, cmax = clamp_bounds(n)
@@ -211,7 +212,7 @@ class FullIntQuantizer(Quantizer):
                     n.replace_all_uses_with(n.args[0])
                     model.graph.erase_node(n)
             elif (n.op == "call_function" and n.target in CLAMP_OPS and not self.conv_inputs_only
-                  and symmetric_clamp_of_layer(n)):
+                  and symmetric_clamp_of_layer(n) and n.args[0] not in kept):
                 # layer -> clamp(-R, R): the layer's int8 output spans +-R (zero point 0) and saturates
                 # there, which is the clamp; no MINIMUM/MAXIMUM op is left to export.
                 layer = n.args[0]
