@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common import BenchSettings, eval_artifact, make_config, merge_entry, run_training, standalone
+from common import BenchSettings, eval_artifact, load_json, make_config, merge_entry, run_training, standalone
 
 from quantir.evaluate.bench import benchmark
 from quantir.export.config import ExportConfig
@@ -116,5 +116,23 @@ def measure_latency(settings: BenchSettings, result: dict) -> None:
         merge_entry(settings.out / "enhance.json", result, label, STEPS, sections=("variants",))
 
 
+def latency_only() -> None:
+    """Re-time the finished variants of --out in one interleaved run (a quiet machine), keeping every
+    quality number: the parallel jobs of run_all.py time each variant alone, beside other trainings."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=latency_only.__doc__.splitlines()[0])
+    ap.add_argument("--latency-only", action="store_true", required=True)
+    ap.add_argument("--out", default="bench-runs")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    result = load_json(Path(a.out) / "enhance.json")
+    if not result:
+        raise SystemExit(f"{a.out}/enhance.json missing: train the table first (run_all.py --only enhance)")
+    measure_latency(BenchSettings(Path(a.out), result["quick"], threads=a.threads), result)
+
+
 if __name__ == "__main__":
-    standalone(run, "dped")
+    import sys
+
+    latency_only() if "--latency-only" in sys.argv else standalone(run, "dped")

@@ -165,8 +165,9 @@ def main() -> None:
                         per_seed.append(ev["INT8 fake-quant"])
                         refs[spec["model"]] = {"bicubic": ev["bicubic"], "FP32": ev["FP32 (fused)"]}
                         curves[f"{group} | {row} s{seed}"] = val_curve(run_dir)
-                    results[f"{group} | {row}"] = {
-                        m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y")}
+                    if per_seed:  # --seeds 0: FP32 models only
+                        results[f"{group} | {row}"] = {
+                            m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y")}
     verdicts = {}
     for key in {k.rsplit(" | ", 1)[0] for k in results}:
         got = {r[1]: results[f"{key} | {r}"]["psnr_rgb"] for r in rows.values() if f"{key} | {r}" in results}
@@ -174,7 +175,8 @@ def main() -> None:
     out = {"inits": inits, "steps": a.steps, "lr": a.lr, "seeds": a.seeds, "reference": refs, "results": results,
            "verdicts": verdicts}
     (settings.out / f"{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot_curves(curves, settings.out / f"{a.tag}_curves.png")
+    if curves:  # --seeds 0 (FP32 models only) has no QAT run to plot
+        plot_curves(curves, settings.out / f"{a.tag}_curves.png")
     print(f"\n{a.seeds} seeds x {a.steps} QAT steps at lr {a.lr:g}; "
           "PSNR RGB / Y (shave = scale) on the evaluation photos")
     for net, ref in refs.items():

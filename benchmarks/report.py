@@ -304,5 +304,10 @@ if __name__ == "__main__":
     ap.add_argument("--bench-dir", default="bench-runs")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--command", default="make bench")
+    ap.add_argument("--print", choices=["enhance"], help="print one table of --bench-dir instead of writing --out "
+                    "(a run kept apart from the file's own tables, e.g. table 3 in full mode)")
     a = ap.parse_args()
-    write(Path(a.bench_dir), Path(a.out), a.command)
+    if a.print:
+        print("\n".join(enhance_table(load_json(Path(a.bench_dir) / "enhance.json"))))
+    else:
+        write(Path(a.bench_dir), Path(a.out), a.command)

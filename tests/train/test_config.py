@@ -30,6 +30,8 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
     ({"qat": {"compose_stem": True, "direct_split": -1.0}}, "must be >= 0"),
     ({"bn_recal_batches": -1}, "bn_recal_batches must be >= 0"),
     ({"qat": {"train": {"ema": 0.999}}}, "qat.train.ema must be 0"),
+    ({"qat": {"select_dir": "data/samples/eval"}}, "qat.select_dir is the folder of data.eval_dir"),
+    ({"qat": {"select_dir": "data/samples/train/"}}, "qat.select_dir is the folder of data.train_dir"),
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, data, needle):
     p = tmp_path / "c.yaml"

@@ -231,3 +231,64 @@ def test_compose_stem_on_a_network_it_cannot_compose_fails_before_training(tmp_p
     assert main(["train", str(cfg), "--out", str(out), "--quiet"]) != 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "linear stem" in err[0] and not out.exists()
+
+
+def test_qat_checkpoint_is_chosen_on_the_select_photos(make_config, tmp_path):
+    from PIL import Image
+
+    from quantir import config as config_io
+    from quantir.quant import checkpoint
+    from quantir.train.config import TrainConfig
+    from quantir.train.data import qat_select_pairs
+    from quantir.train.stages import validate_psnr
+    from tests.conftest import natural_image
+
+    select = tmp_path / "select"
+    select.mkdir()
+    for k in range(2):
+        Image.fromarray(natural_image(60, 75, seed=300 + k)).save(select / f"s{k}.png")
+    cfg_path = make_config(**{"qat.select_dir": str(select)})
+    out = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(out), "--quiet"]) == 0
+    qat_vals = [float(r[3]) for r in _rows(out) if r[0] == "qat" and r[3]]
+    assert len(qat_vals) == 2  # steps 5 and 10
+    cfg = config_io.load(TrainConfig, out / "config.yaml")
+    pairs = qat_select_pairs(cfg)
+    assert [p.target.shape[:2] for p in pairs] == [(60, 75), (60, 75)]  # whole photos, not crops
+    final = checkpoint.build_qat(checkpoint.load(out / "checkpoints" / "qat_final.safetensors"))
+    assert validate_psnr(final, pairs) == pytest.approx(max(qat_vals), abs=1e-3)  # the shipped one is the best there
+    assert f"chosen on the photos of {select}" in (out / "report.md").read_text()
+
+
+def test_missing_select_folder_is_one_line_and_writes_nothing(make_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg_path = make_config(**{"qat.select_dir": str(tmp_path / "nowhere")})
+    assert main(["train", str(cfg_path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "qat.select_dir has no photos" in err[0]
+    assert not out.exists()
+
+
+def test_resume_accepts_a_run_saved_before_a_config_field_existed(make_config, tmp_path):
+    import yaml
+
+    from quantir import config as config_io
+    from quantir.errors import ConfigError
+    from quantir.train.config import TrainConfig
+    from quantir.train.pipeline import _check_resume_config
+
+    cfg = config_io.load(TrainConfig, make_config())
+    run = tmp_path / "old_run"
+    run.mkdir()
+    saved = config_io.to_dict(cfg)
+    del saved["qat"]["select_dir"]  # as written by a version without the field
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    _check_resume_config(cfg, run)  # the missing field resolves to its default: same config
+    saved["qat"]["calib_batches"] += 1
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="differs from the given config"):
+        _check_resume_config(cfg, run)
+    saved["qat"]["gone_key"] = 1
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="no longer loads"):
+        _check_resume_config(cfg, run)

@@ -9,12 +9,13 @@ fused graph, distilled from the fused FP32 model), then export and evaluation.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 from quantir.config import check_choices
 from quantir.data.degrade import DegradationConfig
 from quantir.data.task import ModelInfo, Task
-from quantir.errors import require
+from quantir.errors import ConfigError, require
 from quantir.export.config import ExportConfig
 from quantir.quant.config import QuantConfig
 from quantir.train.device import check_device_spec
@@ -98,6 +99,11 @@ class QATConfig:
     # beyond it, edge branches add the excess on the input grid (compose_stem's direct_split).
     # 0 = one direct conv on a learned range.
     direct_split: float = 0.0
+    # Photos the QAT checkpoints (every val_every steps) are scored on to keep the best: whole photos,
+    # degraded as the eval photos, fake-quant PSNR-RGB. None: the held-out training crops, as in the
+    # FP32 stages. A validation split like the photos the model will meet (e.g.
+    # data/samples/stress_val), never a folder the report is made on or the model trains on.
+    select_dir: str | None = None
     train: StageConfig = StageConfig(steps=500, lr=2e-5, lr_min=1e-7, ema=0.0,
                                      loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
 
@@ -169,6 +175,14 @@ class TrainConfig:
         require(self.task is not Task.ENHANCE or self.data.layout != "div2k", "DIV2K is an SR layout")
         require(self.qat.enabled or not self.export.enabled, "export needs the QAT stage (qat.enabled)")
         require(self.bn_recal_batches >= 0, "bn_recal_batches must be >= 0 (0 keeps the running statistics)")
+        if self.qat.select_dir is not None:  # choosing on the photos reported (or trained) on would flatter the report
+            d = self.data
+            taken = {"data.train_dir": d.train_dir, "data.eval_dir": d.eval_dir, "data.stress_dir": d.stress_dir,
+                     **{f"data.extra_train_dirs[{i}]": x for i, x in enumerate(d.extra_train_dirs)}}
+            same = [k for k, v in taken.items() if v is not None and _same_folder(v, self.qat.select_dir)]
+            if same:
+                raise ConfigError(f"qat.select_dir is the folder of {same[0]}: choose the QAT checkpoint on photos "
+                                  "that are neither trained nor reported on")
 
     @property
     def sr_scale(self) -> int:
@@ -178,3 +192,7 @@ class TrainConfig:
     def task_info(self) -> ModelInfo:
         """Task and scale as a ``ModelInfo``: the border shave, baseline and evaluation pairs of this run."""
         return ModelInfo(task=self.task, scale=self.sr_scale)
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

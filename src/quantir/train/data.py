@@ -31,6 +31,7 @@ class Splits:
     eval: PairSequence | None
     train_names: list[str]
     stress: PairSequence | None = None  # the hard photos, when their folder exists
+    qat_select: list[Pair] | None = None  # qat.select_dir's photos, loaded once: scored every val_every steps
 
 
 def _center_crop(img: np.ndarray, size: int, multiple: int) -> np.ndarray:
@@ -82,7 +83,8 @@ def build_splits(cfg: TrainConfig, multiple: int = 1) -> Splits:
             hr = hr[: lr.shape[0] * cfg.scale, : lr.shape[1] * cfg.scale]
         sources.append(_source(cfg, hr, f.name, lr))
     val = [_val_pair(cfg, make_clean_hr(read_image(f), factor), f.name, multiple) for f in val_files]
-    return Splits(sources, val, eval_pairs(cfg), [f.name for f in train_files], stress_pairs(cfg))
+    return Splits(sources, val, eval_pairs(cfg), [f.name for f in train_files], stress_pairs(cfg),
+                  qat_select_pairs(cfg))
 
 
 def _dped_splits(cfg: TrainConfig) -> Splits:
@@ -97,7 +99,8 @@ def _dped_splits(cfg: TrainConfig) -> Splits:
     sources = [Source(target=read_image(t), input=read_image(i), name=t.name)
                for k, (i, t) in enumerate(pairs) if k not in val_idx]
     val = [Pair(pairs[k][1].name, read_image(pairs[k][0]), read_image(pairs[k][1])) for k in sorted(val_idx)]
-    return Splits(sources, val, eval_pairs(cfg), [s.name for s in sources], stress_pairs(cfg))
+    return Splits(sources, val, eval_pairs(cfg), [s.name for s in sources], stress_pairs(cfg),
+                  qat_select_pairs(cfg))
 
 
 def eval_pairs(cfg: TrainConfig) -> PairSequence | None:
@@ -123,6 +126,17 @@ def stress_pairs(cfg: TrainConfig) -> PairSequence | None:
     if not d.stress_dir or not Path(d.stress_dir).is_dir() or not list_images(Path(d.stress_dir)):
         return None
     return cfg.task_info.eval_pairs(d.stress_dir, None, limit=d.eval_limit, seed=0, degradation=d.degradation)
+
+
+def qat_select_pairs(cfg: TrainConfig) -> list[Pair] | None:
+    """The photos of ``qat.select_dir`` with the eval photos' degradation; None when not set (or no QAT)."""
+    folder = cfg.qat.select_dir
+    if not cfg.qat.enabled or folder is None:
+        return None
+    if not Path(folder).is_dir() or not list_images(Path(folder)):
+        raise DataError(f"{folder}: qat.select_dir has no photos (for the sample sets: "
+                        "'quantir data fetch samples --out data/samples --sets stress-val')")
+    return list(cfg.task_info.eval_pairs(folder, None, limit=None, seed=0, degradation=cfg.data.degradation))
 
 
 class StepSampler(Sampler):

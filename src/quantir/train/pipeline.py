@@ -66,10 +66,11 @@ def _check_resume_config(cfg: TrainConfig, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise TrainingError(f"{run_dir}: no run to resume here (no config.yaml); drop --resume to start a new one")
-    import yaml
-
-    old = yaml.safe_load(saved.read_text())
-    new = config_io.to_dict(cfg)  # a plain-data comparison: the saved file may predate a field
+    try:  # resolved on both sides: a field added since the run was saved takes its default there too
+        old = config_io.to_dict(config_io.load(TrainConfig, saved))
+    except ConfigError as err:  # e.g. a key this version no longer has
+        raise ConfigError(f"{saved} no longer loads ({err}); start a new run directory") from None
+    new = config_io.to_dict(cfg)
     for d in (old, new):  # a run may move between machines (CPU <-> GPU, another GPU count) and go on
         d.pop("device", None)
     if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
@@ -153,10 +154,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
             shutil.rmtree(run_dir / "teacher_cache", ignore_errors=True)
     timings = state.data.setdefault("timings", {})
     model.to(device)
-    ctx = Context(cfg, run_dir, ctx_dist, splits.sources, splits.val, model.info.pixel_max)
+    ctx = Context(cfg, run_dir, ctx_dist, splits.sources, splits.val, model.info.pixel_max, splits.qat_select)
     if ctx_dist.is_main:
         log.info("data: %d training photos, %d validation crops, %d evaluation photos", len(splits.sources),
                  len(splits.val), len(splits.eval) if splits.eval is not None else 0)
+        if splits.qat_select is not None:
+            log.info("QAT checkpoints chosen on %d photos of %s", len(splits.qat_select), cfg.qat.select_dir)
 
     def timed(stage, fn):
         t0 = time.time()

@@ -110,6 +110,10 @@ def write_report(cfg: TrainConfig, run_dir: Path, results: dict, command: str | 
                   format_table(stress, baseline=next(iter(stress))), ""]
         if int8_gaps(stress):
             lines += [int8_gaps(stress), ""]
+    if cfg.qat.enabled and cfg.qat.select_dir:
+        lines += [f"The QAT checkpoint was chosen on the photos of {cfg.qat.select_dir} (qat.select_dir: fake-quant "
+                  f"PSNR-RGB every {cfg.qat.train.val_every} steps; the QAT curve below is on them); the FP32 stages "
+                  "chose on the held-out training crops.", ""]
     if results.get("export_error"):
         lines += ["## Export failed", "", f"The INT8 conversion was refused: `{results['export_error']}`", ""]
     if results["parity"]:

@@ -36,6 +36,7 @@ class Context:
     sources: list[Source]
     val: list
     pixel_max: float
+    qat_select: list | None = None  # photos the QAT checkpoints are chosen on (qat.select_dir); None: val
 
     @property
     def ckpt_dir(self) -> Path:
@@ -193,6 +194,6 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
             compute = compute_naive
     spec = StageSpec(
         name="qat", cfg=stage, model=qmodel, param_groups=groups, make_batches=_batches(ctx, stage, salt),
-        compute_loss=compute, validate=lambda m: validate_psnr(m, ctx.val), on_step=on_step,
+        compute_loss=compute, validate=lambda m: validate_psnr(m, ctx.qat_select or ctx.val), on_step=on_step,
         custom_backward=custom)
     return spec, qmodel, (p, p)
