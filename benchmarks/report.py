@@ -308,6 +308,9 @@ if __name__ == "__main__":
                     "(a run kept apart from the file's own tables, e.g. table 3 in full mode)")
     a = ap.parse_args()
     if a.print:
-        print("\n".join(enhance_table(load_json(Path(a.bench_dir) / "enhance.json"))))
+        table = load_json(Path(a.bench_dir) / "enhance.json")
+        if table is None:
+            raise SystemExit(f"{a.bench_dir}/enhance.json missing: train the table first (run_all.py --only enhance)")
+        print("\n".join(enhance_table(table)))
     else:
         write(Path(a.bench_dir), Path(a.out), a.command)
