@@ -1,6 +1,6 @@
 """How integer can QATIE's InstanceNorm be? Its statistics in float (what ships) vs in int8.
 
-The shipped formulation (quant/quantizer.py ``_decompose_instance_norms``) runs every op on the
+The shipped formulation (quant/instance_norm.py ``decompose_instance_norms``) runs every op on the
 full tensor as an int8 kernel and keeps only the per-channel statistics in float, snapped to int8
 before use. An all-int8 norm would also quantize the square ``d * d``, the variance and the
 reciprocal standard deviation (TFLite has int8 MUL, MEAN and RSQRT kernels). This script
@@ -56,7 +56,8 @@ def int8_statistics(gm: torch.fx.GraphModule, which: tuple[str, ...]) -> list[Mi
             continue
         if n.target is aten.mul.Tensor and n.args[0] is n.args[1] and "square" in which:
             picks.append(n)
-        elif n.target is aten.add.Tensor and "variance" in which:  # mean(d*d) + eps
+        elif (n.target is aten.add.Tensor and "variance" in which  # mean(d*d) + eps, read by the rsqrt
+              and any(u.target is aten.rsqrt.default for u in n.users)):
             picks.append(n)
         elif n.target is aten.rsqrt.default and "rsqrt" in which:
             picks.append(n)

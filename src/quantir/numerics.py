@@ -28,3 +28,15 @@ REQUANT_ONE_QPARAMS = (1.0, 0)
 def io_scale(pixel_max: float) -> float:
     """int8 scale that maps 0..255 pixel levels losslessly at zero point ``IO_ZERO_POINT``."""
     return pixel_max / 255.0
+
+# InstanceNorm statistics (quant/instance_norm.py) are float32 sums of integer codes, kept exact so
+# that every runtime gets the same bits whatever order it sums in: a code |q - z| <= 255, a squared
+# code is first split as hi * NORM_SQUARE_SPLIT + lo (both <= 255), and a row sum (< 2**24 for rows
+# up to 65793 px) as hi * NORM_ROW_SPLIT + lo before the rows are summed (exact for H <= 16400 and
+# H * W < 67 M px, as 1023 * H and 255 * H * W / 1024 stay below 2**24).
+NORM_SQUARE_SPLIT = 2.0**8
+NORM_ROW_SPLIT = 2.0**10
+# The island counts pixels as sum(code * NORM_COUNT_TINY + 1): exactly 1 per pixel in float32 for any
+# |code| < 2**15, yet data-dependent, so a converter that folds x * 0 cannot bake the count of the
+# conversion size into a dynamic-shape artifact (litert-torch converts at one size).
+NORM_COUNT_TINY = 2.0**-40

@@ -28,7 +28,9 @@ MODELS = {"mobileone_sr": {"channels": 8, "blocks": 2, "branches": 2}, "abpn": {
           # edge branches added to the anchor on the input grid
           "mobileone_sr_split": {"channels": 8, "blocks": 2, "branches": 2}}
 # The float ops each model's TFLite may keep (its InstanceNorms' statistics); every other op is int8.
-FLOAT_ISLANDS = {"qatie_unet": {"ADD", "DEQUANTIZE", "MEAN", "MUL", "QUANTIZE", "RESHAPE", "RSQRT"}}
+# InstanceNorm statistics as exact sums of integer codes (quant/instance_norm.py)
+FLOAT_ISLANDS = {"qatie_unet": {"ADD", "DEQUANTIZE", "DIV", "FLOOR", "MUL", "QUANTIZE", "RESHAPE", "ROUND", "RSQRT",
+                                "STRIDED_SLICE", "SUB", "SUM"}}
 
 
 def _inputs(info, n=3, seed=50):

@@ -94,16 +94,62 @@ def test_instance_norm_float_island_is_bit_exact_at_any_size(tmp_path):
     # Two sizes (the artifact must be dynamic), one of them large: float sums over a whole photo
     # differ in their last bits between runtimes, which a float island must not turn into levels.
     images = _images(2, 40, 56) + _images(1, 360, 480, seed=7)
-    res = export_artifacts(convert(q), model, tmp_path, ExportConfig(formats=("tflite",)), parity_images=images,
-                           reference=q)
+    res = export_artifacts(convert(q), model, tmp_path, ExportConfig(formats=("tflite", "onnx")),
+                           parity_images=images, reference=q)
     assert res["files"]["tflite_int8"]["dynamic"]
-    tfl = res["parity"].backends["tflite"]
-    assert tfl.max_lsb == 0, tfl
-    assert not tfl.all_int8 and {"MEAN", "RSQRT"} <= set(tfl.non_int8_ops)  # the island is named
-    assert tfl.float_op_counts["MEAN"] == 4 and tfl.int8_status.startswith("no: ")  # 2 means, each over W then H
+    tfl, onnx = res["parity"].backends["tflite"], res["parity"].backends["onnx"]
+    assert tfl.max_lsb == 0 and onnx.max_lsb == 0, (tfl, onnx)
+    assert not tfl.all_int8 and {"SUM", "ROUND", "RSQRT"} <= set(tfl.non_int8_ops)  # the island is named
+    # codes, their squares' two halves and the pixel count: 4 exact totals of 3 SUMs each
+    assert tfl.float_op_counts["SUM"] == 12 and tfl.int8_status.startswith("no: ")
+    assert "MEAN" not in tfl.non_int8_ops  # a runtime's own float mean is what moved levels
     with torch.no_grad():  # and it computes the norm: the int8 model stays close to the float one
         x = _tensor(images[0])
         assert F.mse_loss(q(x), model(x)) < 1e-4
+
+
+class PointwiseNormNet(RestorationModel):
+    """1x1 convs around an InstanceNorm: moving pixels around moves the outputs the same way."""
+
+    def __init__(self):
+        super().__init__()
+        self.info = ModelInfo(task="enhance", scale=1, pixel_max=1.0)
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 3, 1)
+        self.norm = nn.InstanceNorm2d(16, affine=True)
+
+    def forward(self, x):
+        return torch.clamp(x + 0.1 * self.b(self.norm(self.a(x))), 0, 1)
+
+
+def test_instance_norm_statistics_do_not_depend_on_the_summation_order():
+    """The island's statistics are the same bits however the pixels are ordered (so however a runtime
+    sums them): a float mean over a 288x384 tensor changes its last bits under such a shuffle."""
+    torch.manual_seed(0)
+    model = PointwiseNormNet().eval()
+    q = prepare_ptq(model, torch.rand(2, 3, 16, 16))
+    calibrate(q, [_tensor(i) for i in _images(4, 32, 32, seed=20)])
+    gm = q.graph_module
+    island_outputs = [n for n in gm.graph.nodes if n.meta.get("quantir_float_island") == "output"]
+    assert len(island_outputs) == 2
+    seen: list[list[torch.Tensor]] = []
+    hooks = [gm.get_submodule(next(iter(n.users)).target).register_forward_pre_hook(
+        lambda m, args: seen[-1].append(args[0].detach().clone())) for n in island_outputs]
+    x = _tensor(natural_image(288, 384, seed=3))
+    perm = torch.randperm(288 * 384, generator=torch.Generator().manual_seed(1))
+    shuffled = x.flatten(2)[..., perm].reshape(x.shape)
+    outputs = []
+    with torch.no_grad():
+        for image in (x, shuffled):
+            seen.append([])
+            outputs.append(q(image))
+    for h in hooks:
+        h.remove()
+    for a, b in zip(*seen):  # the float statistics, before their int8 grid: bit-identical
+        assert torch.equal(a, b)
+    assert torch.equal(outputs[0].flatten(2)[..., perm], outputs[1].flatten(2))
+    with torch.no_grad():  # the check is sensitive: plain float means of the same features move
+        naive = [model.a(image).mean((2, 3)) for image in (x, shuffled)]
+    assert not torch.equal(*naive)
 
 
 def test_a_users_instance_norm_is_reported_as_a_float_island():

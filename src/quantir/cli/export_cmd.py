@@ -21,7 +21,7 @@ def parse_hw(text: str) -> tuple[int, int]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write INT8 TFLite/ONNX artifacts, parity report and model card")
-    p.add_argument("source", help="run directory or checkpoint (.pt)")
+    p.add_argument("source", help="run directory or checkpoint (.safetensors)")
     p.add_argument("--format", nargs="+", default=["tflite", "onnx"], choices=["tflite", "onnx"])
     p.add_argument("--shape", help="also write a fixed-shape int8 TFLite for this input size, e.g. 720x1280")
     p.add_argument("--out", help="output folder (default: <run>/export)")

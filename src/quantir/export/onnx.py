@@ -9,7 +9,7 @@ import torch
 
 from torch.export import Dim
 
-from quantir.export.onnx_graph import make_exact
+from quantir.export.onnx_graph import RECIPROCAL_SUFFIX, make_exact
 from quantir.utils import atomic_path, silence_stderr
 
 METADATA_KEY = "quantir"
@@ -92,13 +92,20 @@ def qdq_report(path: str | Path) -> tuple[bool, list[str]]:
         if n.op_type == "DequantizeLinear" or any(i in data for i in n.input):
             data.update(n.output)
     fusable = {"Relu", "Clip"}
+
+    def quantize(c) -> bool:  # a QuantizeLinear, or float_quantize_by_reciprocal's Mul in front of one
+        if c.name.endswith(RECIPROCAL_SUFFIX) and c.op_type == "Mul":
+            return all(u.op_type == "QuantizeLinear" for u in consumers.get(c.output[0], []))
+        return c.op_type == "QuantizeLinear"
+
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
     integer = {graph.input[0].name} if graph.input[0].type.tensor_type.elem_type not in float_types else set()
     bad = []
     for n in graph.node:
         if n.op_type == "QuantizeLinear":
             integer.update(n.output)
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Shape") or not any(i in data for i in n.input):
+        if (n.op_type in ("QuantizeLinear", "DequantizeLinear", "Shape") or quantize(n)
+                or not any(i in data for i in n.input)):
             continue
         data_inputs = [i for i in (n.input[:1] if n.op_type in ("Reshape", "Expand", "Tile") else n.input) if i in data]
         if all(i in integer for i in data_inputs):
@@ -112,9 +119,8 @@ def qdq_report(path: str | Path) -> tuple[bool, list[str]]:
         else:
             ok_in = all(i in producers and producers[i].op_type == "DequantizeLinear" for i in data_inputs)
         users = [c for o in n.output for c in consumers.get(o, [])]
-        ok_out = all(c.op_type == "QuantizeLinear" or
-                     (c.op_type in fusable and all(u.op_type == "QuantizeLinear" for o in c.output
-                                                   for u in consumers.get(o, [])))
+        ok_out = all(quantize(c) or (c.op_type in fusable and all(quantize(u) for o in c.output
+                                                                  for u in consumers.get(o, [])))
                      for c in users)
         if not (ok_in and ok_out):
             bad.append(n.op_type)

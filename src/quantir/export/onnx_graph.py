@@ -22,16 +22,25 @@ bit-exact (tests/export/test_onnx_graph.py). The rewrites, in the order applied:
   converter (and quant/exact.py) round b / (s_in * s_w) in float64, and the two disagree on the
   odd channel. Each bias is replaced by its code times its scale, which float32 rounds back to the
   same code.
-* ``integer_add``: QLinearAdd rounds half to even on a float scale, XNNPACK's ADD uses 20-bit
+* ``integer_add_mul``: QLinearAdd rounds half to even on a float scale, XNNPACK's ADD uses 20-bit
   fixed-point multipliers and rounds half up (quant/exact.py); they differ when the two scales
-  have a simple ratio. Each add is checked on all 65536 input pairs at export: where onnxruntime's
-  kernel already agrees it is kept, otherwise the add becomes a lookup in XNNPACK's 256x256
-  output table (5 cheap ops instead of the integer arithmetic spelled out).
+  have a simple ratio. QLinearMul too rounds some products differently from XNNPACK's MUL (one in
+  a thousand outputs of the paper net's InstanceNorm product, measured). Each add and mul is
+  checked on all 65536 input pairs at export: where onnxruntime's kernel already agrees it is
+  kept, otherwise the op becomes a lookup in XNNPACK's 256x256 output table (5 cheap ops instead
+  of the integer arithmetic spelled out).
+* ``float_quantize_by_reciprocal``: a QuantizeLinear of a value computed in float (an
+  InstanceNorm statistic) divides by the scale; XNNPACK's float -> int8 convert, and the fake
+  quantizers, multiply by the float32 reciprocal. On the paper net one statistic landed on
+  x / s = 198.5 exactly (x * (1/s) = 198.50002): onnxruntime took 198, TFLite and fake-quant 199,
+  and 37 % of that photo's outputs moved by up to 4 LSB. The Q gets the multiplication first and
+  scale 1.
 """
 
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -41,7 +50,8 @@ from quantir.quant.exact import xnnpack_add_multipliers, xnnpack_leaky_relu_mult
 
 
 def make_exact(model: onnx.ModelProto) -> onnx.ModelProto:
-    for rewrite in (snap_conv_biases, relu_after_quantize, activations_to_uint8, lookup_tables, integer_add):
+    for rewrite in (snap_conv_biases, relu_after_quantize, activations_to_uint8, lookup_tables, integer_add_mul,
+                    float_quantize_by_reciprocal):
         rewrite(model)
     del model.graph.value_info[:]  # stale dtypes after the rewrites; onnxruntime re-infers them
     onnx.checker.check_model(model)
@@ -241,46 +251,73 @@ def _xnnpack_add_table(sa, za, sb, zb, so, zo) -> np.ndarray:
     return np.clip((acc >> shift) + int(zo), info.min, info.max).astype(zo.dtype)  # >> = floor division
 
 
-def _qlinear_add_matches(model_dq_add_q: onnx.ModelProto, table: np.ndarray) -> bool:
-    """Does onnxruntime's own (fused) add give the table's value for every input pair?"""
+def _xnnpack_mul_table(sa, za, sb, zb, so, zo) -> np.ndarray:
+    """out[qa, qb] of XNNPACK's int8 MUL (quant/exact.py exact_mul) for every input pair."""
+    info = np.iinfo(zo.dtype)
+    qa, qb = np.meshgrid(np.arange(info.min, info.max + 1), np.arange(info.min, info.max + 1), indexing="ij")
+    prod = ((qa - int(za)) * (qb - int(zb))).astype(np.float32)
+    scale = (np.float32(sa) * np.float32(sb)) / np.float32(so)
+    return np.clip(np.rint(prod * scale) + int(zo), info.min, info.max).astype(zo.dtype)
+
+
+_TABLES = {"Add": _xnnpack_add_table, "Mul": _xnnpack_mul_table}
+
+
+def _qlinear_matches(op_type: str, qparams: list, table: np.ndarray) -> bool:
+    """Does onnxruntime's own (fused) kernel give the table's value for every input pair?
+
+    Checked on flat tensors and with either operand broadcast (a per-channel vector meeting a
+    feature map): onnxruntime runs those through other loops, and its QLinearMul with one operand
+    broadcast rounded one product of the paper net's InstanceNorm differently from XNNPACK.
+    """
     import onnxruntime as ort
 
     info = np.iinfo(table.dtype)
-    qa, qb = np.meshgrid(np.arange(info.min, info.max + 1), np.arange(info.min, info.max + 1), indexing="ij")
-    feed = {"a": np.append(qa.ravel(), qa.ravel()[:13]).astype(table.dtype),  # a tail the SIMD loop leaves over
-            "b": np.append(qb.ravel(), qb.ravel()[:13]).astype(table.dtype)}
+    codes = np.arange(info.min, info.max + 1).astype(table.dtype)
+    qa, qb = np.meshgrid(codes, codes, indexing="ij")
+    tail = 13  # a tail the SIMD loop leaves over
+    flat = ({"a": np.append(qa.ravel(), qa.ravel()[:tail]), "b": np.append(qb.ravel(), qb.ravel()[:tail])},
+            np.append(table.ravel(), table.ravel()[:tail]))
+    wide = np.tile(np.append(codes, codes[:tail]), (codes.size, 1))  # rows: every code, plus a tail
+    cases = [flat, ({"a": wide, "b": codes[:, None]}, table[np.append(np.arange(codes.size), np.arange(tail))].T),
+             ({"a": codes[:, None], "b": wide}, table[:, np.append(np.arange(codes.size), np.arange(tail))])]
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model_dq_add_q.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    got = sess.run(None, feed)[0]
-    return bool(np.array_equal(got, np.append(table.ravel(), table.ravel()[:13])))
+    for feed, want in cases:
+        model = _single_op_model(op_type, qparams, table.dtype, rank=feed["a"].ndim)
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        if not np.array_equal(sess.run(None, feed)[0], want):
+            return False
+    return True
 
 
-def _single_add_model(scale_zp: list, dtype) -> onnx.ModelProto:
+def _single_op_model(op_type: str, scale_zp: list, dtype, rank: int = 1) -> onnx.ModelProto:
     (sa, za), (sb, zb), (so, zo) = scale_zp
     t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     c = lambda name, v: numpy_helper.from_array(np.array(v), name)  # noqa: E731
     inits = [c("sa", sa), c("za", za), c("sb", sb), c("zb", zb), c("so", so), c("zo", zo)]
     nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
              helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
-             helper.make_node("Add", ["fa", "fb"], ["y"]), helper.make_node("QuantizeLinear", ["y", "so", "zo"], ["q"])]
-    io = lambda n: helper.make_tensor_value_info(n, t, [None])  # noqa: E731
-    graph = helper.make_graph(nodes, "add", [io("a"), io("b")], [io("q")], inits)
+             helper.make_node(op_type, ["fa", "fb"], ["y"]), helper.make_node("QuantizeLinear", ["y", "so", "zo"], ["q"])]
+    io = lambda n: helper.make_tensor_value_info(n, t, [None] * rank)  # noqa: E731
+    graph = helper.make_graph(nodes, op_type.lower(), [io("a"), io("b")], [io("q")], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
-def integer_add(model: onnx.ModelProto) -> None:
+def integer_add_mul(model: onnx.ModelProto) -> None:
+    """Int8 Add and Mul as XNNPACK computes them: onnxruntime's fused kernel where it agrees on
+    every input pair, else a lookup in the kernel's 256x256 output table."""
     gr = _Graph(model)
     replaced, dropped = {}, set()
     for n in gr.g.node:
         dqs = [gr.producer.get(i) for i in n.input]
-        q = gr.single_quantize_user(n) if n.op_type == "Add" else None
+        q = gr.single_quantize_user(n) if n.op_type in _TABLES else None
         if q is None or len(dqs) != 2 or not all(_is_dq(d) for d in dqs):
             continue
         qparams = [gr.qparams(dqs[0]), gr.qparams(dqs[1]), gr.qparams(q)]
-        table = _xnnpack_add_table(*qparams[0], *qparams[1], *qparams[2])
-        if _qlinear_add_matches(_single_add_model(qparams, table.dtype), table):
-            continue  # onnxruntime's fused add already computes XNNPACK's numbers: keep the faster kernel
+        table = _TABLES[n.op_type](*qparams[0], *qparams[1], *qparams[2])
+        if _qlinear_matches(n.op_type, qparams, table):
+            continue  # onnxruntime's fused kernel already computes XNNPACK's numbers: keep it
         p = n.name + "_table"
         flat = gr.add_const(p, table.ravel())
         c = lambda suffix, v: gr.add_const(p + suffix, np.array(v, np.int32))  # noqa: E731
@@ -299,3 +336,54 @@ def integer_add(model: onnx.ModelProto) -> None:
         dropped.add(q.name)
         dropped.update(d.name for d in dqs if len(gr.consumers[d.output[0]]) == 1)
     gr.replace(replaced, dropped)
+
+
+def _standalone_quantizes(model: onnx.ModelProto) -> set[str]:
+    """Names of the QuantizeLinear nodes onnxruntime runs on their own (not fused into an integer kernel)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.value_info[:]  # stale dtypes after the earlier rewrites
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(so.optimized_model_filepath)
+    return {n.name for n in optimized.graph.node if n.op_type == "QuantizeLinear"}
+
+
+RECIPROCAL_SUFFIX = "_by_reciprocal"  # the Mul that is the first half of a QuantizeLinear (qdq_report)
+# Ops whose outputs are some of their first input's values (so a dequantized grid stays a grid).
+_GRID_PRESERVING = {"Transpose", "Reshape", "Relu", "Squeeze", "Unsqueeze", "Slice", "MaxPool", "Identity",
+                    "DepthToSpace", "SpaceToDepth"}
+
+
+def float_quantize_by_reciprocal(model: onnx.ModelProto) -> None:
+    """Q(x, s, z) of a float-computed x -> Q(x * float32(1 / s), 1, z), as XNNPACK and fake-quant round.
+
+    Only the Qs that onnxruntime's optimizer leaves standalone (the others close a DQ -> op -> Q
+    unit it fuses into an integer kernel), and not those of values already on a grid (the int8 I/O
+    bridges, ``relu_after_quantize``'s Relu): their x / s is an integer up to rounding, never a tie.
+    """
+    standalone = _standalone_quantizes(model)
+    gr = _Graph(model)
+    one, replaced = None, {}
+    for n in gr.g.node:
+        if n.name not in standalone or n.input[1] not in gr.const or gr.const[n.input[1]].size != 1:
+            continue
+        producer = gr.producer.get(n.input[0])
+        while producer is not None and producer.op_type in _GRID_PRESERVING:
+            producer = gr.producer.get(producer.input[0])
+        if producer is None or _is_dq(producer):
+            continue  # values on a grid already (a bridge, a Relu or Transpose of dequantized codes): no ties
+        scale = np.float32(gr.const[n.input[1]])
+        inverse = gr.add_const(n.name + "_inverse_scale", np.array(np.float32(1.0) / scale, np.float32))
+        one = one or gr.add_const("_quantir_unit_scale", np.array(1.0, np.float32))
+        scaled = n.name + "_scaled"
+        mul = helper.make_node("Mul", [n.input[0], inverse], [scaled], name=n.name + RECIPROCAL_SUFFIX)
+        n.input[0], n.input[1] = scaled, one
+        replaced[n.name] = [mul, n]
+    gr.replace(replaced, set())

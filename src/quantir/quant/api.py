@@ -42,6 +42,7 @@ from quantir.numerics import IO_ZERO_POINT  # noqa: E402
 from quantir.quant.config import QuantConfig  # noqa: E402
 from quantir.quant.exact import emulate_integer_convs, emulate_integer_convs_converted, restore_convs  # noqa: E402
 from quantir.quant.fake_quant import ActFakeQuantize, WeightFakeQuantize  # noqa: E402
+from quantir.quant.instance_norm import bind_level_scales, freeze_level_scales  # noqa: E402
 from quantir.quant.observers import RangeObserver  # noqa: E402
 from quantir.quant.odm import enable_mismatch  # noqa: E402
 from quantir.quant.graph_ops import GRID_RESIDUAL_META  # noqa: E402
@@ -168,6 +169,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, learn
                                  keep=config.keep, kept_specs=kept, conv_inputs_only=config.act_scope == "conv_inputs",
                                  align_residual=config.residual_on_output_grid and config.act_bits == 8)
     graph = prepare_qat_pt2e(_export(model, example), quantizer)
+    bind_level_scales(graph)  # InstanceNorm statistics read their inputs' live scales
     grid_residuals = {u.target: module_path(n) or n.name for n in graph.graph.nodes if n.meta.get(GRID_RESIDUAL_META)
                       for u in n.users if u.op == "call_module"}  # before the exact convs replace the nodes
     if config.exact_conv:
@@ -292,6 +294,7 @@ def plain_graph(qmodel: QuantizedModel) -> torch.fx.GraphModule:
     """
     graph = copy.deepcopy(qmodel.graph_module)
     restore_convs(graph)
+    freeze_level_scales(graph)
     with torch.no_grad():
         for node in graph.graph.nodes:
             fq = graph.get_submodule(node.target) if node.op == "call_module" else None

@@ -47,10 +47,11 @@ from quantir.numerics import INT8_MAX, INT8_MIN, REQUANT_ONE_QPARAMS
 from quantir.quant.config import KeepLayers
 from quantir.quant.graph_ops import (
     BINARY_SHARED, CAT_OPS, CLAMP_OPS, CLAMP_RANGE_META, COMPUTE_OPS, FIXED_QPARAMS, FUSABLE_ACTIVATIONS,
-    GRID_RESIDUAL_META, INSTANCE_NORM, ISLAND_META, REQUANT_META, SHARED_OPS, UNARY_OPS, WEIGHTED_OPS, aten,
+    GRID_RESIDUAL_META, ISLAND_META, REQUANT_META, SHARED_OPS, UNARY_OPS, WEIGHTED_OPS, aten,
     clamp_bounds, edge_branch, is_tensor_node, needs_requantization, on_input_grid, one_source_cat,
     symmetric_clamp_of_layer,
 )
+from quantir.quant.instance_norm import decompose_instance_norms
 from quantir.quant.layer_roles import kept_layers
 from quantir.quant.rewrite import add_constant  # rank 4 like the image tensors: a scalar lowers with a RESHAPE
 
@@ -116,59 +117,6 @@ def _requantize_cat_inputs(model: GraphModule) -> int:
     return count
 
 
-def _decompose_instance_norms(model: GraphModule) -> int:
-    """InstanceNorm in ops of any H and W: int8 on the full tensor, float only inside the statistics.
-
-    ``d = x + q(-mean(x))``, ``y = d * q(rsqrt(mean(d * d) + eps) * weight) + bias``: the two
-    per-channel vectors are computed in float (a float island, named in parity.json and the model
-    card) and quantized to int8 before use; every op on the full tensor (ADD, MUL, ADD) is an int8
-    kernel that the fake-quant graph reproduces exactly. Float sums over a whole photo come out in
-    another order in each runtime, and a full-tensor float island turned those last-bit differences
-    into a flipped output level for 40 % of the values (6 LSB at the output of the paper net,
-    measured); snapped to an int8 grid, a statistic flips only when it lies within float rounding of
-    a grid boundary. Means run over W, then H: with one mean over both, 1 of 5 photo-sized test
-    images still had one flipped statistic (1 LSB on 1.6 % of outputs); with two, 0 of 24 (measured
-    on tests/quant/test_concat_and_norm.py's NormNet). Rare, not impossible: parity measures it.
-    aten's fused kernel is not kept: it lowers with a RESHAPE baked to one size.
-    """
-    count = 0
-    g = model.graph
-    for n in list(g.nodes):
-        if n.op != "call_function" or n.target is not INSTANCE_NORM:
-            continue
-        x, weight, bias = n.args[0], n.args[1], n.args[2]
-        eps = n.args[7] if len(n.args) > 7 else n.kwargs.get("eps", 1e-5)
-
-        def op(target, *args, island=True):
-            with g.inserting_before(n):
-                node = g.call_function(target, args)
-            node.meta = {"val": n.meta.get("val"), "stack_trace": n.meta.get("stack_trace"),
-                         "nn_module_stack": n.meta.get("nn_module_stack", {})}
-            if island:
-                node.meta[ISLAND_META] = True
-            return node
-
-        minus_one = add_constant(model, f"_quantir_norm_minus_one_{count}", -1.0, n)
-        eps_node = add_constant(model, f"_quantir_norm_eps_{count}", eps, n)
-        def spatial_mean(t):  # over W, then H: shorter float sums, so runtimes disagree less often
-            return op(aten.mean.dim, op(aten.mean.dim, t, [3], True), [2], True)
-
-        neg_mean = op(aten.mul.Tensor, spatial_mean(x), minus_one)
-        neg_mean.meta[ISLAND_META] = "output"
-        d = op(aten.add.Tensor, x, neg_mean, island=False)
-        inv_std = op(aten.rsqrt.default, op(aten.add.Tensor, spatial_mean(op(aten.mul.Tensor, d, d)), eps_node))
-        if weight is not None:
-            inv_std = op(aten.mul.Tensor, inv_std, op(aten.view.default, weight, [1, -1, 1, 1]))
-        inv_std.meta[ISLAND_META] = "output"
-        y = op(aten.mul.Tensor, d, inv_std, island=False)
-        if bias is not None:
-            y = op(aten.add.Tensor, y, op(aten.view.default, bias, [1, -1, 1, 1], island=False), island=False)
-        n.replace_all_uses_with(y)
-        g.erase_node(n)
-        count += 1
-    return count
-
-
 def _mark(n: Node, inputs: dict, output) -> None:
     n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=output,
                                                                _annotated=True)
@@ -219,7 +167,7 @@ class FullIntQuantizer(Quantizer):
                 layer.meta[CLAMP_RANGE_META] = float(clamp_bounds(n)[1])
                 n.replace_all_uses_with(layer)
                 model.graph.erase_node(n)
-        _decompose_instance_norms(model)
+        decompose_instance_norms(model)
         _requantize_cat_inputs(model)
         model.graph.lint()
         model.recompile()

@@ -100,9 +100,12 @@ def _is_number(a) -> bool:
     return isinstance(a, numbers.Number) and not isinstance(a, bool)
 
 
-def add_constant(gm: GraphModule, name: str, value: float, before: Node, rank: int = 4) -> Node:
-    """A float32 constant buffer of shape 1x...x1 (``rank`` dims) read by a get_attr node before ``before``."""
-    gm.register_buffer(name, torch.full((1,) * rank, float(value), dtype=torch.float32))
+def add_constant(gm: GraphModule, name: str, value: float, before: Node, rank: int = 4,
+                 persistent: bool = True) -> Node:
+    """A float32 constant buffer of shape 1x...x1 (``rank`` dims) read by a get_attr node before ``before``.
+
+    ``persistent=False`` keeps it out of the state dict (and so out of checkpoints written before it existed)."""
+    gm.register_buffer(name, torch.full((1,) * rank, float(value), dtype=torch.float32), persistent=persistent)
     with gm.graph.inserting_before(before):
         node = gm.graph.get_attr(name)
     node.meta["val"] = gm.get_buffer(name)
