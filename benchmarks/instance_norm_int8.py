@@ -26,6 +26,7 @@ from quantir.evaluate.evaluate import evaluate
 from quantir.models.apply import run_uint8
 from quantir.quant import checkpoint
 from quantir.quant.graph_ops import ISLAND_META
+from quantir.quant.instance_norm import level_codes
 from quantir.train.config import TrainConfig
 from quantir.train.data import build_splits, calibration_batches, eval_pairs
 
@@ -54,7 +55,8 @@ def int8_statistics(gm: torch.fx.GraphModule, which: tuple[str, ...]) -> list[Mi
     for n in gm.graph.nodes:
         if n.op != "call_function" or n.meta.get(ISLAND_META) is not True:
             continue
-        if n.target is aten.mul.Tensor and n.args[0] is n.args[1] and "square" in which:
+        if (n.target is aten.mul.Tensor and n.args[0] is n.args[1] and "square" in which
+                and n.args[0].target is level_codes):  # the squared codes, not the squared step
             picks.append(n)
         elif (n.target is aten.add.Tensor and "variance" in which  # mean(d*d) + eps, read by the rsqrt
               and any(u.target is aten.rsqrt.default for u in n.users)):

@@ -6,15 +6,16 @@ vectors are computed in float (a float island, named in parity.json and the mode
 quantized to int8 before use. aten's fused kernel is not kept: it lowers with a RESHAPE baked to
 one size.
 
-Why the statistics are sums of integer codes: a float mean over a photo comes out in another
-summation order in each runtime (torch, TFLite and onnxruntime vectorise differently), and when a
-mean lies within float rounding of a boundary of its int8 grid the runtimes pick different levels.
-With plain float means that happened on the paper net's eval photos (ONNX 4 LSB from its fake-quant
-model, 1.7 % of outputs off; BENCHMARKS.md "Table 3 in full mode"). Here the island first turns
-``x`` into its integer codes ``q - z`` (``round(x / s)``, exact as x sits on its grid), sums codes
-and squared codes in pieces whose float32 partial sums stay below 2**24 (numerics.NORM_*_SPLIT), so
-every partial sum is exact in any order, and then divides by the pixel count (counted the same way)
-and multiplies by ``s`` once: identical IEEE operations on identical numbers, in every runtime.
+Why the statistics are sums of integer codes: a float mean over a photo depends on the summation
+order (tests/quant/test_concat_and_norm.py shuffles the pixels and the plain mean's last bits move),
+and torch, TFLite and onnxruntime each vectorise their sums differently, so a mean lying within
+float rounding of a boundary of its int8 grid would take another level in another runtime: rare,
+not impossible. Here the island first turns ``x`` into its integer codes ``q - z``
+(``round(x / s)``, exact as x sits on its grid), sums codes and squared codes in pieces whose
+float32 partial sums stay below 2**24 (numerics.NORM_*_SPLIT), so every partial sum is exact in any
+order, and then divides by the pixel count (counted the same way) and multiplies by ``s`` once:
+identical IEEE operations on identical numbers, in every runtime. (The paper net's 4 LSB ONNX gap
+had another cause: QuantizeLinear's division, see export/onnx_graph.py.)
 
 The codes need the input's scale, which exists only once the graph is prepared: ``level_codes`` and
 ``level_step`` nodes are written with no scale, ``bind_level_scales`` points them at the input's
