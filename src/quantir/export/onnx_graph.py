@@ -25,7 +25,7 @@ bit-exact (tests/export/test_onnx_graph.py). The rewrites, in the order applied:
 * ``integer_add_mul``: QLinearAdd rounds half to even on a float scale, XNNPACK's ADD uses 20-bit
   fixed-point multipliers and rounds half up (quant/exact.py); they differ when the two scales
   have a simple ratio. QLinearMul too rounds some products differently from XNNPACK's MUL (one in
-  a thousand outputs of the paper net's InstanceNorm product, measured). Each add and mul is
+  a thousand outputs of a test export's InstanceNorm product, measured). Each add and mul is
   checked on all 65536 input pairs at export: where onnxruntime's kernel already agrees it is
   kept, otherwise the op becomes a lookup in XNNPACK's 256x256 output table (5 cheap ops instead
   of the integer arithmetic spelled out).
@@ -267,8 +267,8 @@ def _qlinear_matches(op_type: str, qparams: list, table: np.ndarray) -> bool:
     """Does onnxruntime's own (fused) kernel give the table's value for every input pair?
 
     Checked on flat tensors and with either operand broadcast (a per-channel vector meeting a
-    feature map): onnxruntime runs those through other loops, and its QLinearMul with one operand
-    broadcast rounded one product of the paper net's InstanceNorm differently from XNNPACK.
+    feature map, as in InstanceNorm's product): onnxruntime runs those through other loops, so
+    agreement on one is not taken for agreement on the others.
     """
     import onnxruntime as ort
 

@@ -72,6 +72,7 @@ class _Builder:
 
     def __init__(self, model: GraphModule, norm: Node, index: int):
         self.model, self.g, self.norm, self.index = model, model.graph, norm, index
+        self._consts: dict[str, Node] = {}
 
     def op(self, target, *args, island=True) -> Node:
         with self.g.inserting_before(self.norm):
@@ -83,13 +84,16 @@ class _Builder:
         return node
 
     def const(self, name: str, value: float, persistent: bool = False) -> Node:
-        # Constants added after the first checkpoints were written stay out of the state dict.
-        return add_constant(self.model, f"_quantir_norm_{name}_{self.index}", value, self.norm, persistent=persistent)
+        """One constant per name and norm (``persistent``: in the state dict, as the first ones were)."""
+        if name not in self._consts:
+            self._consts[name] = add_constant(self.model, f"_quantir_norm_{name}_{self.index}", value, self.norm,
+                                              persistent=persistent)
+        return self._consts[name]
 
-    def exact_total(self, codes: Node, tag: str) -> Node:
+    def exact_total(self, codes: Node) -> Node:
         """Sum over H and W of integer ``codes`` (|c| <= 255): every float partial sum exact."""
         rows = self.op(aten.sum.dim_IntList, codes, [3], True)
-        down, up = self.const(f"row_down_{tag}", 1.0 / NORM_ROW_SPLIT), self.const(f"row_up_{tag}", NORM_ROW_SPLIT)
+        down, up = self.const("row_down", 1.0 / NORM_ROW_SPLIT), self.const("row_up", NORM_ROW_SPLIT)
         hi = self.op(aten.floor.default, self.op(aten.mul.Tensor, rows, down))
         lo = self.op(aten.sub.Tensor, rows, self.op(aten.mul.Tensor, hi, up))
         return self.op(aten.add.Tensor, self.op(aten.mul.Tensor, self.op(aten.sum.dim_IntList, hi, [2], True), up),
@@ -110,8 +114,8 @@ def decompose_instance_norms(model: GraphModule) -> int:
         codes_x, step_x = b.op(level_codes, x), b.op(level_step, x)
         channel0 = b.op(aten.slice.Tensor, codes_x, 1, 0, 1)
         ones = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, channel0, b.const("tiny", NORM_COUNT_TINY)), b.const("one", 1.0))
-        pixels = b.exact_total(ones, "count")
-        mean = b.op(aten.mul.Tensor, b.op(aten.div.Tensor, b.exact_total(codes_x, "mean"), pixels), step_x)
+        pixels = b.exact_total(ones)
+        mean = b.op(aten.mul.Tensor, b.op(aten.div.Tensor, b.exact_total(codes_x), pixels), step_x)
         neg_mean = b.op(aten.mul.Tensor, mean, minus_one)
         neg_mean.meta[ISLAND_META] = "output"
         d = b.op(aten.add.Tensor, x, neg_mean, island=False)
@@ -121,8 +125,8 @@ def decompose_instance_norms(model: GraphModule) -> int:
         sq_hi = b.op(aten.floor.default, b.op(aten.mul.Tensor, squares, b.const("square_down", 1.0 / NORM_SQUARE_SPLIT)))
         square_up = b.const("square_up", NORM_SQUARE_SPLIT)
         sq_lo = b.op(aten.sub.Tensor, squares, b.op(aten.mul.Tensor, sq_hi, square_up))
-        total = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, b.exact_total(sq_hi, "sq_hi"), square_up),
-                     b.exact_total(sq_lo, "sq_lo"))
+        total = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, b.exact_total(sq_hi), square_up),
+                     b.exact_total(sq_lo))
         var = b.op(aten.mul.Tensor, b.op(aten.div.Tensor, total, pixels), b.op(aten.mul.Tensor, step_d, step_d))
         inv_std = b.op(aten.rsqrt.default, b.op(aten.add.Tensor, var, eps_node))
         if weight is not None:
@@ -177,16 +181,20 @@ def bind_level_scales(gm: GraphModule) -> int:
 @torch.no_grad()
 def freeze_level_scales(gm: GraphModule) -> None:
     """Before convert: ``level_codes`` -> ``round(x / s)`` and ``level_step`` -> ``s``, s a constant."""
-    for i, n in enumerate(_level_nodes(gm)):
+    steps: dict[Node, Node] = {}  # input -> its step constant, shared by its codes and step nodes
+
+    def step_of(x: Node, value: float, before: Node) -> Node:
+        if x not in steps:
+            steps[x] = add_constant(gm, f"_quantir_norm_step_{len(steps)}", value, before, persistent=False)
+        return steps[x]
+
+    for n in _level_nodes(gm):
         x = n.args[0]
         fq = _quantizer_of(gm, x) if len(n.args) > 1 else None
         if fq is None:
-            if n.target is level_codes:
-                n.replace_all_uses_with(x)
-            else:
-                n.replace_all_uses_with(add_constant(gm, f"_quantir_norm_step_{i}", 1.0, n, persistent=False))
+            n.replace_all_uses_with(x if n.target is level_codes else step_of(x, 1.0, n))
             continue
-        s = add_constant(gm, f"_quantir_norm_step_{i}", float(fq.calculate_qparams()[0]), n, persistent=False)
+        s = step_of(x, float(fq.calculate_qparams()[0]), n)
         if n.target is level_codes:
             with gm.graph.inserting_before(n):
                 div = gm.graph.call_function(aten.div.Tensor, (x, s))
