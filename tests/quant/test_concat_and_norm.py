@@ -172,3 +172,13 @@ def test_a_users_instance_norm_is_reported_as_a_float_island():
         inspect_model(model, x)
     _, problems = inspect_model(model, x, allow_float_ops=True)
     assert [(p.op, p.kind) for p in problems] == [("instance_norm", "float_island")]
+
+
+def test_the_norm_island_stores_only_the_constants_of_its_first_formulation():
+    """QAT checkpoints of the paper net written before the exact statistics must keep loading:
+    the state dict holds the same island constants as then (minus one and eps per norm), no more."""
+    q = prepare_ptq(NormNet().eval(), torch.rand(2, 3, 16, 16))
+    keys = sorted(k.split(".")[-1] for k in q.state_dict() if "_quantir_norm_" in k)
+    assert keys == ["_quantir_norm_eps_0", "_quantir_norm_minus_one_0"]
+    buffers = [name for name, _ in q.graph_module.named_buffers() if name.startswith("_quantir_norm_")]
+    assert len(buffers) > len(keys)  # the others exist, outside the state dict
