@@ -182,6 +182,14 @@ def load_json(path: Path):
     return json.loads(Path(path).read_text()) if Path(path).is_file() else None
 
 
+def load_enhance_table(bench_dir: Path) -> dict:
+    """Table 3's enhance.json of ``bench_dir``; a missing file is one line and exit 1."""
+    table = load_json(Path(bench_dir) / "enhance.json")
+    if not table:
+        raise SystemExit(f"{bench_dir}/enhance.json missing: train the table first (run_all.py --only enhance)")
+    return table
+
+
 def git_rev() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

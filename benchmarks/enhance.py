@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from common import BenchSettings, eval_artifact, load_json, make_config, merge_entry, run_training, standalone
+from common import (BenchSettings, eval_artifact, load_enhance_table, make_config, merge_entry, run_training,
+                    standalone)
 
 from quantir.evaluate.bench import benchmark
 from quantir.export.config import ExportConfig
@@ -126,9 +127,7 @@ def latency_only() -> None:
     ap.add_argument("--out", default="bench-runs")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    result = load_json(Path(a.out) / "enhance.json")
-    if not result:
-        raise SystemExit(f"{a.out}/enhance.json missing: train the table first (run_all.py --only enhance)")
+    result = load_enhance_table(Path(a.out))
     measure_latency(BenchSettings(Path(a.out), result["quick"], threads=a.threads), result)
 
 

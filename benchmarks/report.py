@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from common import ROOT, git_rev, load_json, machine
+from common import ROOT, git_rev, load_enhance_table, load_json, machine
 from odm_ablation import paper_order_reproduced
 
 QAT_TARGET_DB = 0.05
@@ -308,9 +308,6 @@ if __name__ == "__main__":
                     "(a run kept apart from the file's own tables, e.g. table 3 in full mode)")
     a = ap.parse_args()
     if a.print:
-        table = load_json(Path(a.bench_dir) / "enhance.json")
-        if table is None:
-            raise SystemExit(f"{a.bench_dir}/enhance.json missing: train the table first (run_all.py --only enhance)")
-        print("\n".join(enhance_table(table)))
+        print("\n".join(enhance_table(load_enhance_table(Path(a.bench_dir)))))
     else:
         write(Path(a.bench_dir), Path(a.out), a.command)

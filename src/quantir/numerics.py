@@ -25,10 +25,6 @@ SIGMOID_QPARAMS = (1.0 / 256.0, INT8_MIN)
 REQUANT_ONE_QPARAMS = (1.0, 0)
 
 
-def io_scale(pixel_max: float) -> float:
-    """int8 scale that maps 0..255 pixel levels losslessly at zero point ``IO_ZERO_POINT``."""
-    return pixel_max / 255.0
-
 # InstanceNorm statistics (quant/instance_norm.py) are float32 sums of integer codes, kept exact so
 # that every runtime gets the same bits whatever order it sums in: a code |q - z| <= 255, a squared
 # code is first split as hi * NORM_SQUARE_SPLIT + lo (both <= 255), and a row sum (< 2**24 for rows
@@ -40,3 +36,8 @@ NORM_ROW_SPLIT = 2.0**10
 # |code| < 2**15, yet data-dependent, so a converter that folds x * 0 cannot bake the count of the
 # conversion size into a dynamic-shape artifact (litert-torch converts at one size).
 NORM_COUNT_TINY = 2.0**-40
+
+
+def io_scale(pixel_max: float) -> float:
+    """int8 scale that maps 0..255 pixel levels losslessly at zero point ``IO_ZERO_POINT``."""
+    return pixel_max / 255.0

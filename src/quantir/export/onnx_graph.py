@@ -370,7 +370,7 @@ def float_quantize_by_reciprocal(model: onnx.ModelProto) -> None:
     """
     standalone = _standalone_quantizes(model)
     gr = _Graph(model)
-    one, replaced = None, {}
+    replaced = {}
     for n in gr.g.node:
         if n.name not in standalone or n.input[1] not in gr.const or gr.const[n.input[1]].size != 1:
             continue
@@ -381,7 +381,7 @@ def float_quantize_by_reciprocal(model: onnx.ModelProto) -> None:
             continue  # values on a grid already (a bridge, a Relu or Transpose of dequantized codes): no ties
         scale = np.float32(gr.const[n.input[1]])
         inverse = gr.add_const(n.name + "_inverse_scale", np.array(np.float32(1.0) / scale, np.float32))
-        one = one or gr.add_const("_quantir_unit_scale", np.array(1.0, np.float32))
+        one = gr.add_const("_quantir_unit_scale", np.array(1.0, np.float32))  # added once, then reused
         scaled = n.name + "_scaled"
         mul = helper.make_node("Mul", [n.input[0], inverse], [scaled], name=n.name + RECIPROCAL_SUFFIX)
         n.input[0], n.input[1] = scaled, one
