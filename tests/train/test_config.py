@@ -29,7 +29,7 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
     ({"qat": {"direct_split": 16.0}}, "qat.direct_split needs qat.compose_stem"),
     ({"qat": {"compose_stem": True, "direct_split": -1.0}}, "must be >= 0"),
     ({"bn_recal_batches": -1}, "bn_recal_batches must be >= 0"),
-    ({"qat": {"train": {"ema": 0.999}}}, "qat.train.ema must be 0"),
+    ({"qat": {"train": {"ema": 1.0}}}, "qat.train.ema must be in [0, 1)"),
     ({"qat": {"select_dir": "data/samples/eval"}}, "qat.select_dir is the folder of data.eval_dir"),
     ({"qat": {"select_dir": "data/samples/train/"}}, "qat.select_dir is the folder of data.train_dir"),
 ])

@@ -51,8 +51,10 @@ def test_tiny_run_produces_all_files(make_config, tmp_path, task):
     assert {"stage1", "qat"} <= stages
 
 
+# qat.train.ema: the QAT graph's weight average must resume and export like the FP32 stages' EMA
 KILL_OVERRIDES = {"teacher.enabled": True, "teacher.model_options": {"channels": 8, "res_blocks": 1},
-                  "teacher.train": {"steps": 10, "val_every": 5, "ckpt_every": 5}, "export.enabled": True,
+                  "teacher.train": {"steps": 10, "val_every": 5, "ckpt_every": 5},
+                  "qat.train": {"steps": 10, "val_every": 5, "ckpt_every": 5, "ema": 0.9}, "export.enabled": True,
                   "export.formats": ["tflite"], "export.parity_limit": 1}
 
 

@@ -110,8 +110,6 @@ class QATConfig:
     def __post_init__(self):
         require(0.0 <= self.freeze_ranges_at <= 1.0, "freeze_ranges_at must be in [0, 1]")
         require(self.equalize_skip is None or 0.0 < self.equalize_skip <= 1.0, "equalize_skip must be in (0, 1]")
-        # torch.export's graph cannot be deep-copied, and the loop's EMA keeps a copy of the model
-        require(self.train.ema == 0, "qat.train.ema must be 0 (no weight EMA for the fake-quant graph)")
         require(not (self.compose_stem and self.equalize_skip is not None),
                 "compose_stem removes the skip tensors that equalize_skip rescales: set one of them")
         require(self.direct_split >= 0 and (self.direct_split == 0 or self.compose_stem),

@@ -8,7 +8,7 @@ point and resumed produces the same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -27,6 +27,7 @@ from quantir.errors import TrainingError
 from quantir.quant import checkpoint
 from quantir.train.config import StageConfig
 from quantir.train.distributed import DistContext, wrap
+from quantir.train.weight_average import WeightAverage
 from quantir.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,6 @@ class StageSpec:
     record: Callable[[torch.nn.Module], dict] | None = None  # extra info stored with the weights
 
 
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for (_, e), (_, m) in zip(ema.state_dict().items(), model.state_dict().items()):
-            if e.dtype.is_floating_point and e.shape == m.shape:
-                e.mul_(decay).add_(m.detach(), alpha=1.0 - decay)
-            else:
-                e.copy_(m) if e.shape == m.shape else None
-
-
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -124,12 +116,12 @@ def _clip_weights(model: torch.nn.Module, limit: float) -> None:
 
 def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistContext, resume: bool,
               progress: bool = True) -> torch.nn.Module:
-    """Train ``spec.model`` in place; return the best (EMA) model by validation PSNR."""
+    """Train ``spec.model`` in place; return it with the best (averaged) weights by validation PSNR."""
     cfg, model = spec.cfg, spec.model
     last_path = ckpt_dir / f"{spec.name}_last{checkpoint.SUFFIX}"
     best_path = ckpt_dir / f"{spec.name}_best{checkpoint.SUFFIX}"
     optimizer = torch.optim.Adam(spec.param_groups, lr=cfg.lr)
-    ema = copy.deepcopy(model) if cfg.ema > 0 else None
+    ema = WeightAverage(model) if cfg.ema > 0 else None
     step, best, started = 0, -math.inf, time.time()
     if resume and last_path.is_file():
         state = checkpoint.load(last_path)
@@ -139,7 +131,7 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
                 spec.on_step(k)
         model.load_state_dict(state["model"], strict=False)
         if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"], strict=False)
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         metrics.truncate(spec.name, step)
@@ -159,12 +151,12 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
         nonlocal best
         if not ctx.is_main:
             return None
-        target = ema if ema is not None else model
-        score = spec.validate(target)
-        if score > best:
-            best = score
-            record = spec.record(target) if spec.record else {}
-            checkpoint.save({"model": target.state_dict(), "step": step, "val_psnr": score, **record}, best_path)
+        with ema.swapped(model) if ema is not None else contextlib.nullcontext(model) as target:
+            score = spec.validate(target)
+            if score > best:
+                best = score
+                record = spec.record(target) if spec.record else {}
+                checkpoint.save({"model": target.state_dict(), "step": step, "val_psnr": score, **record}, best_path)
         return score
 
     train_model = wrap(model, ctx)
@@ -205,8 +197,8 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
         optimizer.step()
         if cfg.weight_clip > 0:
             _clip_weights(model, cfg.weight_clip)
-        if ema is not None:  # warm-up so early EMA weights are not dominated by the random init
-            _ema_update(ema, model, min(cfg.ema, (1.0 + step) / (10.0 + step)))
+        if ema is not None:
+            ema.update(model, WeightAverage.warmup_decay(cfg.ema, step))
         step += 1
         running += loss_value
         n_running += 1
@@ -233,12 +225,11 @@ def run_stage(spec: StageSpec, ckpt_dir: Path, metrics: MetricsLog, ctx: DistCon
             save_last()
     if bar is not None:
         bar.close()
+    if ema is not None:  # the average is what this stage hands on (unless a best checkpoint replaces it)
+        ema.apply(model)
     if step == 0 and cfg.steps == 0:
-        return ema if ema is not None else model
+        return model
     ctx.barrier()
     if best_path.is_file():
-        best_state = checkpoint.load(best_path)["model"]
-        target = ema if ema is not None else model
-        target.load_state_dict(best_state, strict=False)
-        return target
-    return ema if ema is not None else model
+        model.load_state_dict(checkpoint.load(best_path)["model"], strict=False)
+    return model
