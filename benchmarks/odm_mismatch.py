@@ -103,7 +103,8 @@ def main() -> None:
     axes[1].set_xticklabels([f"q{i}" for i in range(len(layers))], fontsize=7)
     axes[1].set_xlabel("activation quantizer, in graph order (input first, output last)")
     axes[0].legend(fontsize=8)
-    axes[0].set_title(f"{a.runs}: mismatch per quantized activation")
+    where = "/".join(a.runs.parts[-3:])  # net / bits / layout: the whole path does not fit the figure
+    axes[0].set_title(f"{where}: mismatch per quantized activation", fontsize=9)
     fig.tight_layout()
     fig.savefig(a.out / "mismatch.png", dpi=110)
     for row in a.rows:

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def plot_curves(curves: dict, path: Path) -> None:
             if key.startswith(group + " | ") and steps:
                 row = key.rsplit(" | ", 1)[1].rsplit(" s", 1)[0]  # one legend entry per row, not per seed
                 ax.plot(steps, psnr, label=row, color=f"C{'abcde'.index(row[1])}", alpha=0.7)
-        ax.set_title(group, fontsize=9)
+        ax.set_title(textwrap.fill(group, 55), fontsize=9)  # "net | bits | layout" is wider than a panel
         ax.set_xlabel("QAT step")
         ax.set_ylabel("validation PSNR (dB)")
         handles, labels = ax.get_legend_handles_labels()
