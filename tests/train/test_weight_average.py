@@ -76,3 +76,15 @@ def test_resume_state_round_trips_and_reads_the_old_full_copy():
     fresh = WeightAverage(_net())
     fresh.load_state_dict(old_format)
     assert set(fresh.shadow) == set(avg.shadow)
+
+
+def test_a_buffer_that_changes_size_follows_the_model():
+    """An observer's reservoir sample grows while it observes: the average takes its new shape."""
+    m = torch.nn.Module()
+    m.w = torch.nn.Parameter(torch.ones(2))
+    m.register_buffer("sample", torch.empty(0))
+    avg = WeightAverage(m)
+    m.sample = torch.arange(3.0)
+    avg.update(m, 0.5)
+    with avg.swapped(m):
+        assert torch.equal(m.sample, torch.arange(3.0)) and torch.equal(m.w.detach(), torch.ones(2))

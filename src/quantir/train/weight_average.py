@@ -34,7 +34,7 @@ class WeightAverage:
                 continue
             if s.shape == v.shape:
                 s.mul_(decay).add_(v.detach(), alpha=1.0 - decay)
-            else:  # a tensor that changed shape (none of quantir's do) follows the model
+            else:  # a buffer that changes size (an observer's reservoir sample) follows the model
                 self.shadow[k] = v.detach().clone()
 
     @torch.no_grad()
