@@ -68,6 +68,20 @@ def train_fp32(net, pixel_max, photos, steps, batch=16, patch=32, seed=0):
     return net.eval()
 
 
+# row -> (mode, QAT?, weight rounding, weight start): PTQ with each weight-rounding rule and with the
+# automatic choice between them, QAT with sum-preserving rounding (BENCHMARKS.md "Sum-preserving
+# weight rounding"), and PTQ (auto rounding) from the learned weight starts of quant/weight_start.py;
+# each rule is named, whatever quantize's default.
+VARIANTS = {
+    "ptq": ("ptq", False, "sum_preserving", ()),
+    "ptq_nearest": ("ptq", False, "nearest", ()),
+    "ptq_auto": ("ptq", False, "auto", ()),
+    "qat": ("qat", True, "sum_preserving", ()),
+    "ptq_adaround": ("ptq", False, "auto", ("adaround",)),
+    "ptq_bias_correction": ("ptq", False, "auto", ("bias_correction",)),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", default="data/samples/train")
@@ -80,6 +94,8 @@ def main() -> int:
     ap.add_argument("--reuse-fp32", action="store_true",
                     help="load OUT/<net>/fp32.pt where an earlier run saved it instead of training again")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (TFLite timings always use 2)")
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS),
+                    help="run only these rows, keep the others of OUT/byom.json (needs --reuse-fp32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -106,16 +122,12 @@ def main() -> int:
                "fp32": evaluate(lambda im: run_uint8(wrapped, im), pairs, border=SCALE)["psnr_rgb"]}
         if stress is not None:
             row["fp32_stress"] = evaluate(lambda im: run_uint8(wrapped, im), stress, border=SCALE)["psnr_rgb"]
-        # PTQ with each weight-rounding rule and with the automatic choice between them, and QAT with
-        # sum-preserving rounding (BENCHMARKS.md "Sum-preserving weight rounding"); each rule is named,
-        # whatever quantize's default.
-        for key, mode, steps, rounding in (("ptq", "ptq", 0, "sum_preserving"),
-                                           ("ptq_nearest", "ptq", 0, "nearest"),
-                                           ("ptq_auto", "ptq", 0, "auto"),
-                                           ("qat", "qat", args.qat_steps, "sum_preserving")):
+        for key in args.only or VARIANTS:
+            mode, qat, rounding, start = VARIANTS[key]
             t0 = time.time()
-            cfg = QuantizeConfig(model=name, calib=args.train, mode=mode, steps=steps, batch=4, crop=32, lr=2e-5,
-                                 parity_limit=4, weight_rounding=rounding)
+            cfg = QuantizeConfig(model=name, calib=args.train, mode=mode, steps=args.qat_steps if qat else 0, batch=4,
+                                 crop=32, lr=2e-5, parity_limit=4, weight_rounding=rounding,
+                                 adaround="adaround" in start, bias_correction="bias_correction" in start)
             res = quantize_model(make_loaded(make, out / name / "fp32.pt"), info, cfg, out / name / key)
             row[f"{key}_min"] = (time.time() - t0) / 60
             rt = load_runtime(out / name / key / "model_int8.tflite", threads=2)
@@ -127,14 +139,19 @@ def main() -> int:
                 row[f"{key}_rounding"] = res["weight_rounding"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    # latency in one interleaved run, next to the built-in x3 model (a reference on this machine)
-    from quantir.infer import builtin_model
+    if args.only:  # merge into the full table of an earlier run, whose latencies stay (no QAT artifact changed)
+        before = json.loads((out / "byom.json").read_text())
+        earlier = {r["model"]: r for r in before["rows"]}
+        rows = [{**earlier.get(r["model"], {}), **r} for r in rows]
+        builtin_ms = before["builtin_x3_ms_360x640"]
+    else:  # latency in one interleaved run, next to the built-in x3 model (a reference on this machine)
+        from quantir.infer import builtin_model
 
-    files = [str(out / r["model"] / "qat" / "model_int8.tflite") for r in rows] + [str(builtin_model("sr"))]
-    lat = benchmark(files, hw=(360, 640), threads=2, runs=10)
-    for r, t in zip(rows, lat):
-        r["ms_360x640"] = t["median_ms"]
-    builtin_ms = lat[-1]["median_ms"]
+        files = [str(out / r["model"] / "qat" / "model_int8.tflite") for r in rows] + [str(builtin_model("sr"))]
+        lat = benchmark(files, hw=(360, 640), threads=2, runs=10)
+        for r, t in zip(rows, lat):
+            r["ms_360x640"] = t["median_ms"]
+        builtin_ms = lat[-1]["median_ms"]
     (out / "byom.json").write_text(json.dumps({"rows": rows, "builtin_x3_ms_360x640": builtin_ms}, indent=2) + "\n")
     print("| model | params | bicubic | FP32 | INT8 PTQ, nearest rounding (TFLite) | INT8 PTQ, sum-preserving (TFLite) "
           "| INT8 QAT, sum-preserving (TFLite) | max LSB vs fake-quant (PTQ nearest/PTQ/QAT) | ms at 360x640 |")
@@ -153,6 +170,14 @@ def main() -> int:
                 f"{r[k + '_stress'] - r['fp32_stress']:+.3f}" for k in ("ptq_nearest", "ptq")) +
                 f" | {r['ptq_auto_stress'] - r['fp32_stress']:+.3f} ({r['ptq_auto_rounding']['chosen']})"
                 f" | {r['qat_stress'] - r['fp32_stress']:+.3f} |")
+    if all("ptq_adaround_tflite" in r and "ptq_bias_correction_tflite" in r for r in rows):
+        print("\nPTQ (auto rounding) from a learned weight start, INT8 TFLite - FP32 (PSNR-RGB), eval / stress:\n\n"
+              "| model | PTQ, auto | + AdaRound | + bias correction | max LSB |\n|---|---:|---:|---:|---:|")
+        for r in rows:
+            cells = [f"{r[k + '_tflite'] - r['fp32']:+.3f} / {r[k + '_stress'] - r['fp32_stress']:+.3f}"
+                     for k in ("ptq_auto", "ptq_adaround", "ptq_bias_correction")]
+            print(f"| {r['model']} | " + " | ".join(cells) +
+                  f" | {r['ptq_adaround_max_lsb']}/{r['ptq_bias_correction_max_lsb']} |")
     return 0
 
 

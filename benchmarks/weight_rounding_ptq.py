@@ -7,7 +7,7 @@ evaluation split (``stress``, reported) and on the usual evaluation photos (PSNR
 PTQ has no training that could adapt the weights to their rounding, so this isolates the rule.
 
     python benchmarks/weight_rounding_ptq.py --init runs/quick_fp32/checkpoints/deploy_fp32.safetensors \
-        --out runs/rounding_ptq_quick
+        --out runs/rounding_ptq_quick [--variants nearest adaround ...]
 
 Needs `quantir data fetch samples --out data/samples --sets train eval stress stress-val`.
 """
@@ -27,7 +27,17 @@ from quantir.export.config import ExportConfig
 from quantir.train.quantize_run import QuantizeConfig, load_any, quantize_model
 
 SAMPLES = ROOT / "data" / "samples"
-RULES = ("nearest", "sum_preserving", "auto")  # auto: quantize's own choice, on held-out calibration crops
+# name -> (weight rounding, adaround, bias correction); auto: quantize's own choice, on held-out calibration crops
+VARIANTS = {
+    "nearest": ("nearest", False, False),
+    "sum_preserving": ("sum_preserving", False, False),
+    "auto": ("auto", False, False),
+    "nearest+bias_correction": ("nearest", False, True),
+    "sum_preserving+bias_correction": ("sum_preserving", False, True),
+    "adaround": ("nearest", True, False),
+    "adaround+sum_preserving": ("sum_preserving", True, False),
+    "adaround+bias_correction": ("nearest", True, True),
+}
 SPLITS = ("stress_val", "stress", "eval")
 
 
@@ -37,6 +47,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/rounding_ptq")
     ap.add_argument("--calib", default=str(SAMPLES / "train"), help="calibration photos (never the scored ones)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["nearest", "sum_preserving", "auto"],
+                    help="rows to run (each writes OUT/NAME)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, info = load_any(a.init)
@@ -44,9 +56,11 @@ def main() -> None:
     fp32 = load_model(a.init, threads=a.threads)
     reference = {name: eval_fn(fp32.run, pairs, info.border)["psnr_rgb"] for name, pairs in splits.items()}
     rows = {}
-    for rule in RULES:
+    for rule in a.variants:
+        rounding, adaround, bias_correction = VARIANTS[rule]
         out = Path(a.out) / rule
-        cfg = QuantizeConfig(model=a.init, calib=a.calib, weight_rounding=rule,
+        cfg = QuantizeConfig(model=a.init, calib=a.calib, weight_rounding=rounding, adaround=adaround,
+                             bias_correction=bias_correction,
                              export=ExportConfig(formats=("tflite",), threads=a.threads))
         print(f"[rounding-ptq] {rule}", flush=True)
         res = quantize_model(model, info, cfg, out)
@@ -57,8 +71,10 @@ def main() -> None:
         if res["weight_rounding"]:
             rows[rule]["chosen"] = res["weight_rounding"]
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "rounding_ptq.json").write_text(json.dumps({"init": a.init, "fp32": reference, "rows": rows},
-                                                              indent=2) + "\n")
+    path = Path(a.out) / "rounding_ptq.json"  # rows of earlier invocations on the same model are kept
+    if path.is_file() and json.loads(path.read_text())["init"] == a.init:
+        rows = {**json.loads(path.read_text())["rows"], **rows}
+    path.write_text(json.dumps({"init": a.init, "fp32": reference, "rows": rows}, indent=2) + "\n")
     print("\nFP32 PSNR-RGB: " + ", ".join(f"{k} {v:.3f}" for k, v in reference.items()))
     print("\n| weight rounding (PTQ) | INT8 - FP32 stress_val | stress | eval | max LSB vs fake-quant |\n"
           "|---|---:|---:|---:|---:|")

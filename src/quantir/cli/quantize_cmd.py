@@ -35,6 +35,11 @@ def add_parser(sub) -> None:
                         "regions keep their level (BENCHMARKS.md 'Sum-preserving weight rounding': much better on "
                         "the x3 nets, worse on one user-style net); auto (default): calibrate both and keep the one "
                         "closer to FP32 on held-out crops of the calibration photos (config.yaml says which)")
+    p.add_argument("--adaround", action="store_true",
+                   help="learn each conv's weight rounding (up or down) on the calibration crops, AdaRound-style; "
+                        "a layer keeps the rule's codes where they reconstruct its outputs better")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="fold each conv's mean output shift from weight rounding into its bias")
     p.add_argument("--allow-float-ops", action="store_true",
                    help="accept ops without an int8 kernel as float islands (listed in parity.json)")
     p.add_argument("--check", action="store_true", help="only report which ops would not be int8, then stop")
@@ -61,6 +66,7 @@ def run(args) -> int:
     config = QuantizeConfig(
         model=args.model, weights=args.weights, calib=args.calib, mode="qat" if args.qat else "ptq",
         calib_range=RangeMethod(args.calib_range), weight_rounding=args.weight_rounding, crop=args.crop,
+        adaround=args.adaround, bias_correction=args.bias_correction,
         train=args.train, steps=args.steps, lr=args.lr,
         batch=args.batch, allow_float_ops=args.allow_float_ops, parity=args.parity_data,
         export=ExportConfig(formats=tuple(args.format), threads=args.threads))

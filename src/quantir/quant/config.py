@@ -131,6 +131,11 @@ class QuantConfig:
         return -q, q
 
     @property
+    def rounds_every_conv_on_max_grid(self) -> bool:
+        """Every conv's weights rounded on max|W| / qmax: what quant/weight_start.py plans for."""
+        return self.weight_clip_percentile is None and not self.keep.enabled
+
+    @property
     def exportable(self) -> bool:
         return (self.act_bits == 8 and self.weight_bits == 8 and self.keep.mode != "float"
                 and self.act_scope == "all")

@@ -104,6 +104,12 @@ class QATConfig:
     # FP32 stages. A validation split like the photos the model will meet (e.g.
     # data/samples/stress_val), never a folder the report is made on or the model trains on.
     select_dir: str | None = None
+    # Where the weights start on their grid (quant/weight_start.py), measured on calibration batches:
+    # AdaRound-style learned rounding (QAT starts from those codes) and bias correction of the
+    # rounding's mean output shift. Off: neither helped the x3 recipes beyond the seed noise
+    # (BENCHMARKS.md "AdaRound and bias correction").
+    adaround: bool = False
+    bias_correction: bool = False
     train: StageConfig = StageConfig(steps=500, lr=2e-5, lr_min=1e-7, ema=0.0,
                                      loss=LossConfig(l1=0.1, kd=1.0, kd_confidence=False))
 
@@ -114,6 +120,9 @@ class QATConfig:
                 "compose_stem removes the skip tensors that equalize_skip rescales: set one of them")
         require(self.direct_split >= 0 and (self.direct_split == 0 or self.compose_stem),
                 "qat.direct_split needs qat.compose_stem and must be >= 0")
+        require(not (self.adaround or self.bias_correction) or self.quant.rounds_every_conv_on_max_grid,
+                "qat.adaround and qat.bias_correction need every conv on the max|W| grid: "
+                "no quant.weight_clip_percentile, no quant.keep")
 
 
 @dataclasses.dataclass(frozen=True)

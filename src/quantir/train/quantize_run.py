@@ -8,6 +8,7 @@ The artifacts, parity report and model card are the ones ``quantir train`` write
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -35,6 +36,7 @@ from quantir.quant.config import QuantConfig, WeightRounding
 from quantir.quant.observers import RangeMethod
 from quantir.quant.rewrite import RewrittenModel
 from quantir.quant.support import inspect_model
+from quantir.quant.weight_start import weight_start
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class QuantizeConfig:
     # both and keeps the one closer to the FP32 model on held-out crops (choose_weight_rounding): on
     # all five nets measured it kept the rule that was better (or tied) on the stress photos.
     weight_rounding: Literal[WeightRounding, "auto"] = "auto"
+    # Where the weights start on their grid (quant/weight_start.py, on the calibration crops):
+    # AdaRound-style learned rounding, and bias correction of the rounding's mean output shift.
+    adaround: bool = False
+    bias_correction: bool = False
     crop: int = 64  # model-input crop size (LR pixels for SR)
     train: str | None = None  # unlabelled photos for QAT distillation (default: the calibration photos)
     steps: int = 300
@@ -172,6 +178,17 @@ def choose_weight_rounding(float_model: nn.Module, example: torch.Tensor, qcfg: 
     return prepared[chosen], {"chosen": chosen, **scores}
 
 
+def _with_weight_start(prepare, calib: list[torch.Tensor], config: QuantizeConfig):
+    """``prepare`` applied to a copy of the model whose weights start where quant/weight_start.py puts
+    them for the rule being prepared (so ``auto`` compares each rule with its own start)."""
+    def prepare_started(float_model: nn.Module, example: torch.Tensor, qcfg: QuantConfig):
+        started = copy.deepcopy(float_model)
+        weight_start(started, calib, qcfg, adaround=config.adaround, bias_correction=config.bias_correction,
+                     seed=config.seed)
+        return prepare(started, example, qcfg)
+    return prepare_started
+
+
 def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeConfig, out_dir: str | Path,
                    command: str | None = None) -> dict:
     """PTQ or QAT-by-distillation of ``model``, then every artifact of ``quantir train`` in ``out_dir``."""
@@ -196,6 +213,8 @@ def quantize_model(model: nn.Module, info: ModelInfo | None, config: QuantizeCon
                        weight_rounding="nearest" if auto else config.weight_rounding)
     prepare = prepare_qat if config.mode == "qat" else prepare_ptq
     calib = crop_pool(info, config.calib, config.calib_crops, config.crop, config.seed)
+    if config.adaround or config.bias_correction:  # each rule gets its own start, on a copy of the model
+        prepare = _with_weight_start(prepare, calib, config)
     rounding = None
     if auto:  # chosen on other crops of the calibration photos; the written config says which rule
         held_out = crop_pool(info, config.calib, ROUNDING_SELECT_CROPS, config.crop, config.seed + 4)

@@ -20,6 +20,7 @@ from quantir.quant import checkpoint
 from quantir.quant.api import Phase, QuantizedModel, grid_residual_clipping, prepare_qat, set_phase
 from quantir.quant.equalize import equalize_skip
 from quantir.quant.odm import cooperative_backward, mismatch_loss
+from quantir.quant.weight_start import weight_start
 from quantir.train.config import StageConfig, TrainConfig
 from quantir.train.data import calibration_batches, patch_loader
 from quantir.train.device import autocast, to_device
@@ -144,6 +145,10 @@ def qat_stage(ctx: Context, deploy: nn.Module, salt: int) -> tuple[StageSpec, Qu
         qdeploy = copy.deepcopy(qdeploy)
         equalize_skip(qdeploy, calibration_batches(ctx.cfg, ctx.sources, cfg.calib_batches, ctx.pixel_max),
                       cfg.equalize_skip)
+    if cfg.adaround or cfg.bias_correction:  # on a copy too: deploy stays the teacher and reference
+        qdeploy = copy.deepcopy(qdeploy) if qdeploy is deploy else qdeploy
+        weight_start(qdeploy, calibration_batches(ctx.cfg, ctx.sources, cfg.calib_batches, ctx.pixel_max), qcfg,
+                     adaround=cfg.adaround, bias_correction=cfg.bias_correction, seed=ctx.cfg.seed)
     qmodel = prepare_qat(qdeploy, example, qcfg).to(ctx.device)  # torch.export traces on the CPU
     deploy.to(ctx.device)
     # Range initialisation on training patches, identical on every rank.
