@@ -32,6 +32,8 @@ def test_yaml_overrides_merge_with_nested_defaults(tmp_path):
     ({"qat": {"train": {"ema": 1.0}}}, "qat.train.ema must be in [0, 1)"),
     ({"qat": {"select_dir": "data/samples/eval"}}, "qat.select_dir is the folder of data.eval_dir"),
     ({"qat": {"select_dir": "data/samples/train/"}}, "qat.select_dir is the folder of data.train_dir"),
+    ({"qat": {"adaround": True, "quant": {"weight_clip_percentile": 99.0}}},
+     "qat.adaround and qat.bias_correction need every conv on the max|W| grid"),
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, data, needle):
     p = tmp_path / "c.yaml"

@@ -294,3 +294,34 @@ def test_resume_accepts_a_run_saved_before_a_config_field_existed(make_config, t
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(ConfigError, match="no longer loads"):
         _check_resume_config(cfg, run)
+
+
+def test_qat_from_a_learned_weight_start_keeps_the_fp32_reference_and_ships_bit_exact(tmp_path):
+    """qat.adaround + qat.bias_correction work on a copy (the FP32 model stays the teacher and the
+    report's reference) and the artifacts stay 0 LSB from fake-quant."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from quantir.models import create_model, reparameterize_model
+    from quantir.quant import checkpoint
+    from tests.train.conftest import tiny_config
+
+    torch.manual_seed(6)
+    src = create_model("mobileone_sr_tiny")
+    weights = tmp_path / "w.safetensors"
+    save_file(src.state_dict(), str(weights))
+    cfg = tiny_config(tmp_path, bn_recal_batches=0,
+                      **{"stage1.enabled": False, "stage2.enabled": False, "qat.adaround": True,
+                         "qat.bias_correction": True, "export.enabled": True, "export.formats": ["tflite", "onnx"]})
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "--init", str(weights)]) == 0
+    deploy = checkpoint.build(checkpoint.load(out / "checkpoints" / "deploy_fp32.safetensors"))
+    x = torch.rand(1, 3, 12, 12) * 255
+    with torch.no_grad():
+        assert torch.equal(deploy(x), reparameterize_model(src.eval())(x))
+    parity = json.loads((out / "export" / "parity.json").read_text())
+    assert parity["tflite"]["max_lsb"] == 0 and parity["onnx"]["max_lsb"] == 0
+    text = (out / "config.yaml").read_text()
+    assert "adaround: true" in text and "bias_correction: true" in text
