@@ -46,9 +46,9 @@ ZETA, GAMMA = 1.1, -0.1
 ADAROUND_ITERS = 500  # per conv
 ADAROUND_LR = 1e-2  # Adam on V, the paper's setting
 # Regulariser weight per mean tap, against the output error normalised to the rule codes' (= 1).
-# Chosen on the built-in x3 net's calibration crops: summed layer output MSE relative to the rule's
-# codes 0.86 / 0.78 / 0.59 / 0.49 / 0.49 at weights 1 / 5 / 20 / 50 / 200 (too weak a regulariser
-# leaves the soft rounding at the float weights, and the hard threshold gives back nearest).
+# Chosen on the built-in x3 net's calibration crops (benchmarks/adaround_reg.py): summed layer output
+# MSE relative to nearest codes 0.86 / 0.78 / 0.59 / 0.49 / 0.49 at weights 1 / 5 / 20 / 50 / 200 (too
+# weak a regulariser leaves the soft rounding at the float weights; the threshold gives back nearest).
 ADAROUND_REG = 50.0
 ADAROUND_WARMUP = 0.2  # share of the iterations without the regulariser (the paper's warm-up)
 BETA_START, BETA_END = 20.0, 2.0  # annealing of the regulariser's exponent
@@ -107,7 +107,8 @@ class _ConvRecorder(TorchDispatchMode):
             if transposed:
                 return
         else:
-            x, _, b, stride, padding, dilation, groups = (list(args) + [None, 1, 0, 1, 1])[:7]
+            defaults = (None, None, None, 1, 0, 1, 1)  # input, weight, bias, stride, padding, dilation, groups
+            x, _, b, stride, padding, dilation, groups = tuple(args) + defaults[len(args):]
             if isinstance(padding, str):
                 return
         name, weight = self.params[key]
@@ -162,7 +163,7 @@ def _soft(v: torch.Tensor) -> torch.Tensor:
 
 
 def adaround_codes(conv: ConvSite, x: torch.Tensor, config: QuantConfig, iters: int = ADAROUND_ITERS,
-                   seed: int = 0) -> tuple[torch.Tensor, dict]:
+                   seed: int = 0, reg: float = ADAROUND_REG) -> tuple[torch.Tensor, dict]:
     """Integer codes for ``conv``'s weight that reconstruct its output on inputs ``x``, and a summary."""
     w = conv.weight.detach()
     scale, qmin, qmax = _grid(w, config)
@@ -186,7 +187,7 @@ def adaround_codes(conv: ConvSite, x: torch.Tensor, config: QuantConfig, iters: 
         loss = (conv(x[idx], wq) - target[idx]).pow(2).mean() / base
         if it >= warm:
             beta = BETA_END + (BETA_START - BETA_END) * (1 + math.cos(math.pi * (it - warm) / max(1, iters - warm))) / 2
-            loss = loss + ADAROUND_REG * (1 - (2 * h - 1).abs().pow(beta)).mean()
+            loss = loss + reg * (1 - (2 * h - 1).abs().pow(beta)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -210,7 +211,8 @@ def _correct_bias(conv: ConvSite, x: torch.Tensor, delta: torch.Tensor) -> float
 
 
 def weight_start(model: nn.Module, batches: Iterable[torch.Tensor], config: QuantConfig, adaround: bool = False,
-                 bias_correction: bool = False, iters: int = ADAROUND_ITERS, seed: int = 0) -> dict[str, dict]:
+                 bias_correction: bool = False, iters: int = ADAROUND_ITERS, seed: int = 0,
+                 reg: float = ADAROUND_REG) -> dict[str, dict]:
     """Set ``model``'s conv weights on their grid by AdaRound and/or correct its biases, in place.
 
     ``batches`` are calibration inputs in model units (never evaluation photos). Returns a summary
@@ -232,7 +234,7 @@ def weight_start(model: nn.Module, batches: Iterable[torch.Tensor], config: Quan
         row: dict = {}
         if adaround:
             with torch.enable_grad():
-                codes, row = adaround_codes(conv, x, config, iters=iters, seed=seed + k)
+                codes, row = adaround_codes(conv, x, config, iters=iters, seed=seed + k, reg=reg)
             conv.weight.data.copy_(codes * scale)
             snapped = conv.weight.detach()
         else:
