@@ -33,9 +33,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 from quantir.errors import ConfigError
-from quantir.numerics import SCALE_FLOOR
 from quantir.quant.config import QuantConfig
-from quantir.quant.fake_quant import sum_preserving_codes
+from quantir.quant.fake_quant import WeightFakeQuantize, sum_preserving_codes
 
 aten = torch.ops.aten
 
@@ -140,11 +139,14 @@ def _find_convs(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[ConvS
 
 
 def _grid(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, int, int]:
-    """The weight quantizer's scale (broadcastable to ``w``) and code range."""
+    """The scale (broadcastable to ``w``) and code range that ``config``'s weight quantizer computes
+    for ``w``: the module ``prepare_*`` inserts, run once, so the two cannot drift apart."""
     qmin, qmax = config.weight_qrange
-    amax = w.abs().flatten(1).amax(dim=1) if config.weight_per_channel else w.abs().amax().reshape(1)
-    scale = torch.clamp(amax / qmax, min=SCALE_FLOOR)
-    return scale.reshape(-1, 1, 1, 1), qmin, qmax
+    scheme = torch.per_channel_symmetric if config.weight_per_channel else torch.per_tensor_symmetric
+    quantizer = WeightFakeQuantize(qmin, qmax, qscheme=scheme, ch_axis=0, rounding=config.weight_rounding)
+    with torch.no_grad():
+        quantizer(w)
+    return quantizer.scale.reshape(-1, 1, 1, 1), qmin, qmax
 
 
 def _rule_codes(t: torch.Tensor, qmin: int, qmax: int, config: QuantConfig) -> torch.Tensor:
