@@ -77,11 +77,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=["cpu", "cuda"],
+                    help="where to measure (cuda only where present; scripts/gpu_check.sh skips the CPU)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = config_io.load(TrainConfig, a.config)
-    devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
+    devices = [torch.device("cpu")] if "cpu" in a.devices else []
+    devices += [torch.device("cuda", 0)] if "cuda" in a.devices and torch.cuda.is_available() else []
+    if not devices:
+        ap.error("no device to measure: CUDA is not available here")
     results = [measure(cfg, d, a.warmup, a.steps) for d in devices]
     print(f"| device | {' | '.join(results[0]['stages'])} | full recipe (extrapolated) |")
     print("|---|" + "---:|" * (len(results[0]["stages"]) + 1))

@@ -3,6 +3,7 @@ run where a GPU exists and skip cleanly elsewhere."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -98,10 +99,15 @@ def test_tiny_training_on_cuda_exports_on_cpu(tmp_path):
     from quantir.quant import checkpoint
     from tests.train.conftest import tiny_config
 
-    cfg = tiny_config(tmp_path, **{"export.enabled": True, "export.parity_limit": 1})
+    # A GPU image may lack the TFLite converter (scripts/gpu_check.sh cannot carry its 70 MB wheel):
+    # then the run exports ONNX alone, and its parity is the check.
+    formats = [f for f, module in (("tflite", "litert_torch"), ("onnx", "onnxscript"))
+               if importlib.util.find_spec(module) is not None]
+    assert formats, "neither exporter is installed"
+    cfg = tiny_config(tmp_path, **{"export.enabled": True, "export.parity_limit": 1, "export.formats": formats})
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(out), "--device", "cuda", "--quiet"]) == 0
     record = checkpoint.load(out / "checkpoints" / "qat_final.safetensors")
     assert all(t.device.type == "cpu" for t in record["state_dict"].values())
     parity = json.loads((out / "export" / "parity.json").read_text())
-    assert parity["tflite"]["max_lsb"] == 0
+    assert {f: parity[f]["max_lsb"] for f in formats} == {f: 0 for f in formats}
