@@ -26,8 +26,12 @@ samples: $(STAMP)
 demo: samples
 	$(VENV)/bin/quantir train configs/sr_x3_mobileone_quick.yaml --out $(RUN)
 
+# One pytest worker per core (pytest-xdist), whole test files per worker so module fixtures are built
+# once, one torch thread per worker: the suite is mostly small ops that two torch threads barely
+# speed up (one process used 1.14 cores on 2). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	QUANTIR_TEST_THREADS=$(if $(filter 0,$(TEST_WORKERS)),2,1) $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: samples
 	$(PY) benchmarks/run_all.py
