@@ -2,9 +2,9 @@
 # Issue 18's GPU verification in one run, for a lent GPU machine whose python3 already holds PyTorch
 # with CUDA (plus numpy, Pillow, onnx, onnxruntime, scikit-image...) but that has no network:
 #
-#   here, once:  bash scripts/gpu_check.sh --fetch-wheels   # the wheels that image lacks -> .whl/ (27 MB)
+#   here, once:  bash scripts/gpu_check.sh --fetch-wheels   # the wheels that image lacks -> .whl/ (25 MB)
 #   there:       bash scripts/gpu_check.sh                  # results -> $OUT (else ./gpu-check)
-#                carry .whl data/samples/train data/samples/eval (about 60 MB with the repo)
+#                carry .whl data/samples/train data/samples/eval (about 58 MB with the repo; the tool takes 64 MiB)
 #
 # Steps: the machine and its versions; the CUDA tests (tests/train/test_device.py: placement, CPU =
 # GPU fake-quant bit for bit, a CUDA training whose export is 0 LSB on the CPU); the training-speed
