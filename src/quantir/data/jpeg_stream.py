@@ -85,15 +85,18 @@ class JPEGStreamWriter:
         self.rows_done += len(rows)
         k = 0
         while k < len(rows):
+            if self._filled == 0 and len(rows) - k >= self.strip:
+                self._flush(rows[k:k + self.strip])  # a whole strip: encoded from the band itself, no copy
+                k += self.strip
+                continue
             n = min(len(rows) - k, self.strip - self._filled)
             self._buf[self._filled:self._filled + n] = rows[k:k + n]
             self._filled += n
             k += n
             if self._filled == self.strip:
-                self._flush()
+                self._flush(self._buf)
 
-    def _flush(self) -> None:
-        pixels = self._buf[:self._filled]
+    def _flush(self, pixels: np.ndarray) -> None:
         mode = "L" if self.channels == 1 else "RGB"
         out = io.BytesIO()
         extra = {"icc_profile": self.icc_profile} if self.icc_profile and self._strips == 0 else {}
@@ -120,5 +123,5 @@ class JPEGStreamWriter:
         if self.rows_done != self.height:
             raise ValueError(f"JPEG needs {self.height} rows, got {self.rows_done}")
         if self._filled:
-            self._flush()
+            self._flush(self._buf[:self._filled])
         self.file.write(b"\xff\xd9")

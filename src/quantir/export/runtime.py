@@ -103,8 +103,13 @@ class Runtime:
         th, tw = target_hw
         if (th, tw) != (h, w):
             img = np.pad(img, ((0, th - h), (0, tw - w), (0, 0)), mode="edge")
-        y = self.invoke(self.quantize(img[None]))[0]
-        return self.dequantize(y[: h * self.scale, : w * self.scale])
+        y = self._invoke_transient(self.quantize(img[None]))[0]
+        return self.dequantize(y[: h * self.scale, : w * self.scale])  # a new array: y may be reused
+
+    def _invoke_transient(self, x: np.ndarray) -> np.ndarray:
+        """``invoke`` for a caller that is done with the output before the next call (it may be the
+        runtime's own buffer)."""
+        return self.invoke(x)
 
     def run(self, img: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 -> uint8 (sH)x(sW)x3."""
@@ -148,6 +153,16 @@ class TFLiteRuntime(Runtime):
         self._shape = None
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
+        self._invoke_in_place(x)
+        return self.interpreter.get_tensor(self.out_index)
+
+    def _invoke_transient(self, x: np.ndarray) -> np.ndarray:
+        # The interpreter's output buffer itself, valid until its next invoke: the photo path
+        # dequantizes it into a new array at once, so get_tensor's copy of every tile is skipped.
+        self._invoke_in_place(x)
+        return self.interpreter.tensor(self.out_index)()
+
+    def _invoke_in_place(self, x: np.ndarray) -> None:
         if self._shape != x.shape:
             with silence_stderr():
                 if self.fixed_hw is None:
@@ -156,7 +171,6 @@ class TFLiteRuntime(Runtime):
             self._shape = x.shape
         self.interpreter.set_tensor(self.in_index, x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.out_index)
 
 
 class ONNXRuntime(Runtime):
