@@ -83,6 +83,17 @@ def val_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return steps, psnr
 
 
+def last_quarter_gain(curve: tuple[list[int], list[float]]) -> float | None:
+    """Validation PSNR at the last point minus at the last point at or before 3/4 of the steps: how
+    much the curve still climbs at the end (the issue's "flattened"); None without two such points."""
+    steps, psnr = curve
+    if len(steps) < 2:
+        return None
+    cut = 0.75 * steps[-1]
+    earlier = [p for s, p in zip(steps, psnr) if s <= cut]
+    return psnr[-1] - earlier[-1] if earlier else None
+
+
 def plot_curves(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -128,6 +139,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/odm_protocol")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="odm_protocol", help="name of the JSON and plot written under --out")
+    ap.add_argument("--val-points", type=int, default=4,
+                    help="validations per QAT run (evenly spaced; the curve and its last-quarter gain)")
     a = ap.parse_args()
     if bool(a.init) == bool(a.models):
         ap.error("give exactly one of --init and --models")
@@ -160,15 +173,18 @@ def main() -> None:
                         base["scale"] = int(options.get("scale", 3))
                         base["seed"] = seed
                         base["qat"]["train"]["lr"] = a.lr
+                        every = max(50, a.steps // a.val_points)
+                        base["qat"]["train"].update(val_every=every, ckpt_every=every)
                         run_dir = root / f"w{bits}" / layout / f"{letter}_s{seed}"
                         print(f"[odm-protocol] {group} {row} seed {seed}", flush=True)
                         ev = run_training(make_config(settings, "sr", base), run_dir, init=init)["eval"]
-                        per_seed.append(ev["INT8 fake-quant"])
+                        curve = val_curve(run_dir)
+                        per_seed.append(dict(ev["INT8 fake-quant"], last_quarter_gain=last_quarter_gain(curve)))
                         refs[spec["model"]] = {"bicubic": ev["bicubic"], "FP32": ev["FP32 (fused)"]}
-                        curves[f"{group} | {row} s{seed}"] = val_curve(run_dir)
+                        curves[f"{group} | {row} s{seed}"] = curve
                     if per_seed:  # --seeds 0: FP32 models only
                         results[f"{group} | {row}"] = {
-                            m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y")}
+                            m: [r[m] for r in per_seed] for m in ("psnr_rgb", "psnr_y", "last_quarter_gain")}
     verdicts = {}
     for key in {k.rsplit(" | ", 1)[0] for k in results}:
         got = {r[1]: results[f"{key} | {r}"]["psnr_rgb"] for r in rows.values() if f"{key} | {r}" in results}
@@ -184,14 +200,16 @@ def main() -> None:
         bic, fp = ref["bicubic"], ref["FP32"]
         print(f"- {net}: bicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, "
               f"FP32 {fp['psnr_rgb']:.3f} / {fp['psnr_y']:.3f} dB")
-    print("\n| net | bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) |\n"
-          "|---|---|---|---|---:|---:|---:|")
+    print("\n| net | bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) "
+          "| val. gain over the last quarter |\n|---|---|---|---|---:|---:|---:|---:|")
     for key, r in results.items():
         net, bits, layout, row = key.split(" | ")
         rgb, y = np.array(r["psnr_rgb"]), np.array(r["psnr_y"])
         sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        gains = [g for g in r["last_quarter_gain"] if g is not None]
+        flat = f"{np.mean(gains):+.3f}" if gains else "-"
         print(f"| {net} | {bits} | {layout} | {row} | {rgb.mean():.3f} +- {sd(rgb):.3f} | {y.mean():.3f} +- "
-              f"{sd(y):.3f} | {rgb.mean() - refs[net]['bicubic']['psnr_rgb']:+.3f} |")
+              f"{sd(y):.3f} | {rgb.mean() - refs[net]['bicubic']['psnr_rgb']:+.3f} | {flat} |")
     for key, vs in sorted(verdicts.items()):
         for o, v in vs.items():
             print(f"- {key}: {o}: {v}")
