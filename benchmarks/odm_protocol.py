@@ -194,7 +194,7 @@ def main() -> None:
     (settings.out / f"{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     if curves:  # --seeds 0 (FP32 models only) has no QAT run to plot
         plot_curves(curves, settings.out / f"{a.tag}_curves.png")
-    print(f"\n{a.seeds} seeds x {a.steps} QAT steps at lr {a.lr:g}; "
+    print(f"\n{max(0, a.seeds - a.first_seed)} seeds x {a.steps} QAT steps at lr {a.lr:g}; "
           "PSNR RGB / Y (shave = scale) on the evaluation photos")
     for net, ref in refs.items():
         bic, fp = ref["bicubic"], ref["FP32"]
