@@ -5,13 +5,14 @@
 The photo is resized (Pillow LANCZOS) to each requested input size and saved as JPEG. For every
 case, in this one run: (1) the model's own time for those pixels: ``invoke`` of the artifact with
 ``--threads`` threads on pre-quantized tiles cut from the photo (the median of five), times
-(photo pixels / tile pixels), no overlap, no I/O, timed before and after the case and averaged;
-also the same for the photo path's tile workers (single-threaded copies invoking side by side,
-``workers_s``); (2) the photo path split into decode, inference (every tile's ``run``, overlap
-included, summed over workers / workers), stitching and encode wait; (3) ``quantir upscale`` /
-``enhance`` end to end in a fresh process: wall time and peak RSS (its VmHWM); with ``--floor``
-once more with a writer that drops the rows. The ratio end-to-end / model is what the photo path
-costs on top of the model. Torch-free (TFLite runtime only).
+(photo pixels / tile pixels), no overlap, no I/O; also the same for the photo path's tile workers
+(single-threaded copies invoking side by side, ``workers_s``); (2) the photo path split into
+decode, inference (every tile's ``run``, overlap included, summed over workers / workers),
+stitching and encode wait; (3) ``quantir upscale`` / ``enhance`` end to end in a fresh process:
+wall time and peak RSS (its VmHWM); with ``--floor`` once more with a writer that drops the rows.
+(3) runs ``--repeats`` times, each followed by (1) again, and (1) also runs once before; the ratio
+of the medians, end-to-end / model, is what the photo path costs on top of the model (single runs
+on a shared 2-core box move by 10 %). Torch-free (TFLite runtime only).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from statistics import median
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -195,9 +197,10 @@ def main() -> None:
                     help="also print the SR model's invoke time per input pixel at these tile sizes (N or HxW)")
     ap.add_argument("--floor", action="store_true",
                     help="also run the command end to end with a writer that drops the rows (no encoding)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="end-to-end runs per case, each followed by the model's time; medians are compared")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from quantir.cli.infer_cmd import COMMANDS
 
     rows = []
     if args.sweep:
@@ -215,11 +218,11 @@ def main() -> None:
             task, size, ext = case.split(":")
             w, h = (int(v) for v in size.split("x"))
             cmd = "upscale" if task == "sr" else "enhance"
-            tile = args.tile or COMMANDS[cmd].tile
             src = tmp / f"in_{w}x{h}.jpg"
             if not src.exists():
                 base.resize((w, h), Image.LANCZOS).save(src, quality=95)
-            proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=tile, threads=args.threads)
+            proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=args.tile, threads=args.threads)
+            tile = proc.tile  # --tile, or the CLI's default for this model and thread count
             # the model's own time: one runtime on all the threads, as `quantir bench` runs it; and the
             # throughput of the photo path's tile workers (single-threaded copies) running side by side
             rts = {"model": [load_model(builtin_model(task), threads=args.threads)], "workers": proc.workers}
@@ -239,17 +242,23 @@ def main() -> None:
                 for fast in (True, False):  # quantir's writer with ISA-L's deflater, then the stdlib's
                     row.update(writer_seconds(out, tmp / "writer.png", fast, prefix="isal" if fast else "stdlib"))
                 del out
-            row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads))
-            if args.floor:
-                row.update(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads, null_writer=True,
-                                      prefix="no_encode_"))
-            after = {k: model_only_seconds(v, w * h, ref, pixels) for k, v in rts.items()}
-            # the model is timed before and after the photo path, and the mean is the reference
-            row.update(model_s=(before["model"] + after["model"]) / 2, model_before_s=before["model"],
-                       model_after_s=after["model"], workers_s=(before["workers"] + after["workers"]) / 2)
+            # End to end (and without encoding) --repeats times, each followed by the model's time again:
+            # the medians are compared, since single runs on a shared 2-core box move by 10 %.
+            e2e, floor, models = [], [], [before]
+            for _ in range(args.repeats):
+                e2e.append(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads))
+                if args.floor:
+                    floor.append(end_to_end(cmd, src, tmp / f"out.{ext}", tile, args.threads, null_writer=True,
+                                            prefix="no_encode_"))
+                models.append({k: model_only_seconds(v, w * h, ref, pixels) for k, v in rts.items()})
+            row.update(model_s=median(m["model"] for m in models), workers_s=median(m["workers"] for m in models),
+                       model_runs_s=[m["model"] for m in models], e2e_s=median(r["e2e_s"] for r in e2e),
+                       e2e_runs_s=[r["e2e_s"] for r in e2e], peak_rss_gb=max(r["peak_rss_gb"] for r in e2e))
             row["ratio"] = row["e2e_s"] / row["model_s"]
             row["ratio_to_workers"] = row["e2e_s"] / row["workers_s"]
             if args.floor:
+                row.update(no_encode_e2e_s=median(r["no_encode_e2e_s"] for r in floor),
+                           no_encode_peak_rss_gb=max(r["no_encode_peak_rss_gb"] for r in floor))
                 row["no_encode_ratio"] = row["no_encode_e2e_s"] / row["model_s"]
             del pixels
             rows.append(row)

@@ -30,6 +30,7 @@ import numpy as np
 from quantir.data.task import ModelInfo, Task
 from quantir.evaluate.evaluate import evaluate, format_table
 from quantir.export.runtime import load_runtime
+from quantir.infer import Processor, builtin_model
 
 ROOT = Path(__file__).resolve().parents[1]  # quantir itself comes from the installed package (make venv)
 
@@ -181,8 +182,10 @@ def startup_and_large_photo(tmp: Path) -> dict:
     big_s, _, _, peak_mb = run_cli(["upscale", str(big), "-o", str(tmp / "big_x3.png"), "--overwrite", "--quiet"])
     with Image.open(tmp / "big_x3.png") as im:
         size = im.size
+    tile = Processor(builtin_model("sr"), "sr", 3, threads=2).tile  # the CLI's default tiles for 2 threads
     return {"cli_wall_s": wall, "in_process_s": in_process, "torch_imported": torch_loaded,
-            "big_photo": "6000x4000 JPEG", "big_output": list(size), "big_seconds": big_s, "big_peak_rss_mb": peak_mb}
+            "big_photo": "6000x4000 JPEG", "big_output": list(size), "big_seconds": big_s, "big_peak_rss_mb": peak_mb,
+            "big_tile": list(tile)}
 
 
 def main() -> None:
@@ -208,7 +211,8 @@ def main() -> None:
              f"Inference-only start-up: `quantir upscale` of a 64x64 PNG takes {perf['cli_wall_s']:.2f} s wall "
              f"({perf['in_process_s']:.2f} s inside Python); torch imported: {perf['torch_imported']}. "
              f"A 6000x4000 JPEG upscales to {perf['big_output'][0]}x{perf['big_output'][1]} in "
-             f"{perf['big_seconds']:.0f} s with {perf['big_peak_rss_mb']:.0f} MB peak memory (2 threads, tiles of 256)."]
+             f"{perf['big_seconds']:.0f} s with {perf['big_peak_rss_mb']:.0f} MB peak memory (2 threads, the default "
+             f"tiles of {perf['big_tile'][0]}x{perf['big_tile'][1]})."]
     command = "python scripts/build_builtin_models.py" + (" --measure-only" if args.measure_only else "")
     if not args.measure_only and sorted(args.only) != sorted(BUILDS):
         command += " --only " + " ".join(args.only)

@@ -9,6 +9,7 @@ grayscale stays grayscale, 16-bit input becomes 8-bit output.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,29 @@ def tile_overlap(task: str, radius: int | None) -> tuple[int, int | None]:
 def min_tile(task: str) -> int:
     """The smallest tile side that leaves a core between the two overlaps."""
     return 2 * OVERLAP[Task(task)] + 8
+
+
+# Default tile bounds (input px, a square side). Where tiles meet at an exact hard cut (a model whose
+# receptive field the graph gives, tile_overlap) the tile size cannot change the output bits, so it
+# is chosen for speed within a memory budget: the tiles of all workers together hold at most
+# EXACT_TILE_PIXELS pixels (XNNPACK keeps about 1 KB per tile pixel per worker for the x3 net, so
+# about 0.4 GB whatever --threads), with sides of at most EXACT_TILE_SIDE. Larger tiles recompute less
+# of the overlap: 1.09x a 12 MP photo's pixels at 448 px against 1.17x at 256, 5 % faster end to end
+# on 2 cores (BENCHMARKS.md "Photo path"). Where tiles cross-fade (the U-Net, models of unknown
+# field) their size moves seams, so the bound is fixed (FIXED_TILE_SIDE) and --threads never changes
+# the output.
+EXACT_TILE_SIDE = 448
+EXACT_TILE_PIXELS = 2 * EXACT_TILE_SIDE ** 2
+FIXED_TILE_SIDE = {Task.SR: 256, Task.ENHANCE: 512}
+
+
+def default_tile(task: str, exact: bool, workers: int) -> tuple[int, int]:
+    """The tile bound a photo path uses when none is given (see EXACT_TILE_PIXELS)."""
+    if not exact:
+        side = FIXED_TILE_SIDE[Task(task)]
+    else:
+        side = max(min(EXACT_TILE_SIDE, math.isqrt(EXACT_TILE_PIXELS // workers)), min_tile(task))
+    return side, side
 
 BUILTIN = {"sr": "sr_x3", "enhance": "enhance"}
 BACKEND_FILES = {"tflite": "model_int8.tflite", "onnx": "model_int8.onnx", "torch": "qat_final.safetensors"}
@@ -155,14 +179,20 @@ class Processor:
     """
 
     def __init__(self, model_path: Path, task: str, scale: int, backend: str = "tflite",
-                 tile: int | tuple[int, int] = 256, threads: int = 2):
-        th, tw = (tile, tile) if isinstance(tile, int) else tile
-        if min(th, tw) < min_tile(task):
-            raise ConfigError(f"tile {th}x{tw} is too small: use at least {min_tile(task)} input pixels a side")
-        self.task, self.backend, self.tile = task, backend, (th, tw)
+                 tile: int | tuple[int, int] | None = None, threads: int = 2):
+        if tile is not None:
+            th, tw = (tile, tile) if isinstance(tile, int) else tile
+            if min(th, tw) < min_tile(task):
+                raise ConfigError(f"tile {th}x{tw} is too small: use at least {min_tile(task)} input pixels a side")
+        self.task, self.backend = task, backend
         workers, per_worker = worker_split(threads, backend)
         self.model = load_model(model_path, threads=per_worker, backend=backend)
         self.model.check(task=task, scale=scale)
+        if tile is None:  # None: the default for this model and worker count
+            radius = self.model.radius
+            th, tw = default_tile(task, exact=radius is not None and 2 * radius <= OVERLAP[Task(task)],
+                                  workers=workers)
+        self.tile = (th, tw)
         self.workers = [self.model] + [load_model(model_path, threads=per_worker, backend=backend)
                                        for _ in range(workers - 1)]
         self.scale = self.model.scale

@@ -167,6 +167,27 @@ def test_band_wise_png_equals_the_whole_image_output(sr_model, enhance_model, tm
         assert np.array_equal(streamed, load_model(model).run(np.asarray(Image.open(src))))
 
 
+def test_default_tiles_grow_only_where_tiles_meet_exactly(sr_model, enhance_model):
+    """No --tile: a model whose tiles meet at an exact cut gets large tiles whose total size over the
+    workers is bounded (memory stays put as --threads grows), and the output is the same bits for any
+    count; cross-fading or unknown-field models keep one fixed size, so --threads cannot move a seam."""
+    from quantir.infer import EXACT_TILE_PIXELS, EXACT_TILE_SIDE, FIXED_TILE_SIDE, Processor
+    from quantir.data.task import Task
+
+    procs = {t: Processor(sr_model, "sr", 3, threads=t) for t in (1, 2, 3, 8)}
+    assert procs[1].model.radius is not None
+    assert procs[1].tile == procs[2].tile == (EXACT_TILE_SIDE, EXACT_TILE_SIDE)
+    assert procs[3].tile[0] < EXACT_TILE_SIDE and procs[8].tile[0] < procs[3].tile[0]
+    assert all(len(p.workers) * p.tile[0] * p.tile[1] <= EXACT_TILE_PIXELS for p in procs.values() if len(p.workers) > 1)
+    img = natural_image(EXACT_TILE_SIDE + 40, 2 * EXACT_TILE_SIDE + 17)  # several tiles of each size
+    assert np.array_equal(procs[1].run(img), procs[3].run(img))
+    fixed = {Task.SR: (FIXED_TILE_SIDE[Task.SR],) * 2, Task.ENHANCE: (FIXED_TILE_SIDE[Task.ENHANCE],) * 2}
+    assert Processor(sr_model.with_suffix(".onnx"), "sr", 3, backend="onnx", threads=3).tile == fixed[Task.SR]
+    enh = [Processor(enhance_model, "enhance", 1, threads=t) for t in (1, 3)]
+    assert 2 * enh[0].model.radius > 48  # a U-Net: cross-fading tiles
+    assert enh[0].tile == enh[1].tile == fixed[Task.ENHANCE]
+
+
 @pytest.mark.parametrize("task", ["sr", "enhance"])
 def test_tile_workers_give_the_bits_of_one_worker(sr_model, enhance_model, task):
     """--threads 3 shares the tiles among three single-threaded copies of the model (TFLite and

@@ -8,27 +8,30 @@ import dataclasses
 
 from quantir.cli.args import int_range, pixel_count, tile_size
 from quantir.data.io import DEFAULT_MAX_PIXELS
-from quantir.infer import min_tile
+from quantir.data.task import Task
+from quantir.infer import EXACT_TILE_PIXELS, EXACT_TILE_SIDE, FIXED_TILE_SIDE, min_tile
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
     task: str
     help: str
-    tile: tuple[int, int]  # default tile bound (height, width) in input pixels
     scale_option: bool  # SR commands take --scale (checked against the model)
 
 
-# Square tiles by default. --tile HxW also takes short, wide SR tiles: band memory follows the height,
-# the recomputed overlap both sides, and the output bits do not change (SR tiles meet at an exact hard
-# cut). 256x1024 computes 1.10x a 12 MP photo's pixels instead of 1.17x, but in interleaved runs on 2
-# cores it was 3 % faster end to end (within the noise) for 0.18 GB more peak memory, so the default
-# stays square (BENCHMARKS.md "Photo path"). Larger squares cost memory for little: XNNPACK holds
-# about 0.9 KB per tile pixel per worker for the x3 net, and 384/512 tiles were 1-4 % faster on a
-# 12 MP photo for +0.17/+0.35 GB. The enhancer's tiles cross-fade: their shape moves seams.
-COMMANDS = {"upscale": Command("sr", "x3 super-resolution with the built-in INT8 model (or --model)", (256, 256), True),
-            "enhance": Command("enhance", "photo enhancement with the built-in INT8 model (or --model)", (512, 512),
-                               False)}
+# Tiles default to infer.default_tile: for a model whose tiles meet at an exact cut (the built-in x3
+# net) 448 px squares with 2 workers, smaller with more so the tiles' memory stays the same; the
+# enhancer's 512 px tiles cross-fade and keep their size. --tile HxW also takes short, wide SR tiles:
+# band memory follows the height, the recomputed overlap both sides, and the output bits do not
+# change (BENCHMARKS.md "Photo path").
+COMMANDS = {"upscale": Command("sr", "x3 super-resolution with the built-in INT8 model (or --model)", True),
+            "enhance": Command("enhance", "photo enhancement with the built-in INT8 model (or --model)", False)}
+
+
+def default_help(task: str) -> str:
+    fixed = FIXED_TILE_SIDE[Task(task)]
+    return (f"{EXACT_TILE_SIDE}x{EXACT_TILE_SIDE} with 1-2 threads and smaller with more (at most {EXACT_TILE_PIXELS} "
+            f"px together) for a model whose tiles meet exactly, else {fixed}x{fixed}")
 
 
 def add_parsers(sub) -> None:
@@ -43,9 +46,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--model", help="a .tflite/.onnx artifact (or checkpoint for --backend torch)")
         p.add_argument("--backend", choices=["tflite", "onnx", "torch"], default="tflite")
         lo = min_tile(cmd.task)
-        p.add_argument("--tile", type=tile_size(lo, 16384), default=cmd.tile, metavar="N|HxW",
+        p.add_argument("--tile", type=tile_size(lo, 16384), default=None, metavar="N|HxW",
                        help=f"tile bound in input pixels, N (square) or HxW, each side {lo}..16384 (bounds memory "
-                            f"on large photos; default {cmd.tile[0]}x{cmd.tile[1]})")
+                            f"on large photos; default {default_help(cmd.task)})")
         p.add_argument("--ext", default=".png", help="output format for folder outputs (default .png)")
         p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
         p.add_argument("--compare", action="store_true", help="also write <name>_compare.png (before | after)")
