@@ -57,9 +57,9 @@ def min_tile(task: str) -> int:
 # EXACT_TILE_PIXELS pixels (XNNPACK keeps about 1 KB per tile pixel per worker for the x3 net, so
 # about 0.4 GB whatever --threads), with sides of at most EXACT_TILE_SIDE. Larger tiles recompute less
 # of the overlap: 1.09x a 12 MP photo's pixels at 448 px against 1.17x at 256, 5 % faster end to end
-# on 2 cores (BENCHMARKS.md "Photo path"). Where tiles cross-fade (the U-Net, models of unknown
-# field) their size moves seams, so the bound is fixed (FIXED_TILE_SIDE) and --threads never changes
-# the output.
+# on 2 cores (BENCHMARKS.md "Photo path"). Where tiles cross-fade (the U-Net) or the field is unknown
+# (ONNX files: a hard cut not known to be exact) the tile size can move the output, so the bound is
+# fixed (FIXED_TILE_SIDE) and --threads never changes the output.
 EXACT_TILE_SIDE = 448
 EXACT_TILE_PIXELS = 2 * EXACT_TILE_SIDE ** 2
 FIXED_TILE_SIDE = {Task.SR: 256, Task.ENHANCE: 512}
@@ -72,6 +72,7 @@ def default_tile(task: str, exact: bool, workers: int) -> tuple[int, int]:
     else:
         side = max(min(EXACT_TILE_SIDE, math.isqrt(EXACT_TILE_PIXELS // workers)), min_tile(task))
     return side, side
+
 
 BUILTIN = {"sr": "sr_x3", "enhance": "enhance"}
 BACKEND_FILES = {"tflite": "model_int8.tflite", "onnx": "model_int8.onnx", "torch": "qat_final.safetensors"}
