@@ -18,7 +18,7 @@ from PIL import Image
 
 from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, STREAMED_FORMATS, WRITE_FORMATS, Photo, list_images,
                              load_photo, output_format, write_bands, write_image)
-from quantir.data.tiling import exact_overlap, stack_bands, tile_plan, tiled_bands
+from quantir.data.tiling import exact_overlap, stack_bands, tile_plan, tiled_bands, tiles_meet_exactly
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
 from quantir.evaluate.predictors import load_model
@@ -190,8 +190,7 @@ class Processor:
         self.model = load_model(model_path, threads=per_worker, backend=backend)
         self.model.check(task=task, scale=scale)
         if tile is None:  # None: the default for this model and worker count
-            radius = self.model.radius
-            th, tw = default_tile(task, exact=radius is not None and 2 * radius <= OVERLAP[Task(task)],
+            th, tw = default_tile(task, exact=tiles_meet_exactly(self.model.radius, OVERLAP[Task(task)]),
                                   workers=workers)
         self.tile = (th, tw)
         self.workers = [self.model] + [load_model(model_path, threads=per_worker, backend=backend)

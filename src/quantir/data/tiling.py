@@ -70,9 +70,15 @@ def exact_overlap(radius: int | None, default: int, default_margin: int | None) 
     a tile that holds its whole receptive field, so the result is the untiled run bit for bit, with
     the least recomputation. Otherwise ``(default, default_margin)``.
     """
-    if radius is not None and 2 * radius <= default:
+    if tiles_meet_exactly(radius, default):
         return 2 * radius, radius
     return default, default_margin
+
+
+def tiles_meet_exactly(radius: int | None, default: int) -> bool:
+    """Whether a model of receptive-field ``radius`` gets exact tiles (:func:`exact_overlap`): then the
+    tile size cannot change the output bits."""
+    return radius is not None and 2 * radius <= default
 
 
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
