@@ -35,8 +35,8 @@ from sr_quant import MODELS, fp32_config
 from quantir.quant import checkpoint
 
 # Table 1's two nets at x3, and the ODM lineage's own net at its paper scale (x4): the small variant
-# that trains on 2 cores, and the full edsr_baseline (1.52 M parameters, 2.5 s per FP32 step of 16
-# 32-px patches on one core), whose quick FP32 run is 1000 steps of 24-px patches.
+# that trains on 2 cores, and the full edsr_baseline (1.52 M parameters, 9.5x the small one), whose
+# quick FP32 run is 1000 steps of 24-px patches (12.5 min on 2 cores, BENCHMARKS.md part 9).
 NETS = dict(MODELS, edsr_baseline_small={"model": "edsr_baseline_small", "fp32_full": (3000, 48),
                                          "fp32_quick": (1500, 32), "stage2": False, "scale": 4},
             edsr_baseline={"model": "edsr_baseline", "fp32_full": (3000, 48), "fp32_quick": (1000, 24),
