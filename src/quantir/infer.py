@@ -26,29 +26,40 @@ from quantir.utils import check_writable, remove_stale_temps
 
 ASSETS = Path(__file__).with_name("assets")
 # Default tile overlap in input pixels, for models whose receptive field cannot be read from the
-# graph (ONNX files, TFLite graphs with ops the reader does not follow: see tile_overlap).
-OVERLAP = {Task.SR: 32, Task.ENHANCE: 48}
-# Zero-weight margin of each default overlap: SR nets see a few px, so a hard cut in the middle
-# (margin = overlap / 2, exact for radius <= 16) copies every pixel from one tile with no float
-# blending; the U-Net (radius 88 by its graph) cross-fades.
-MARGIN = {Task.SR: OVERLAP[Task.SR] // 2, Task.ENHANCE: None}
+# graph (ONNX files, TFLite graphs with ops the reader does not follow: see tile_overlap), and the
+# cross-fade of the U-Net (radius 88 by its graph, too wide for exact tiles). The U-Net's 32 px with
+# its 768-px tiles (FIXED_TILE_SIDE) put 1.10x a 12 MP photo's pixels through the model where 48 px
+# at 512 put 1.21x, and the tiled output is closer to the whole-image run, not further: fewer seams
+# (BENCHMARKS.md "Tiled vs whole-image photo path", `benchmarks/tiling_agreement.py --overlaps`).
+OVERLAP = {Task.SR: 32, Task.ENHANCE: 32}
+# Where the field is unknown, SR tiles meet at a hard cut in the middle of the overlap (SR nets see a
+# few px: exact for radius <= overlap / 2, every pixel copied from one tile, no float blending);
+# enhancer tiles cross-fade.
+CUT_IN_THE_MIDDLE = {Task.SR: True, Task.ENHANCE: False}
 
 
-def tile_overlap(task: str, radius: int | None) -> tuple[int, int | None]:
+def base_overlap(task: str, overlap: int | None = None) -> int:
+    """``overlap`` where one is given (a benchmark's), else the task's OVERLAP."""
+    return OVERLAP[Task(task)] if overlap is None else overlap
+
+
+def tile_overlap(task: str, radius: int | None, overlap: int | None = None) -> tuple[int, int | None]:
     """(overlap, margin) of the photo path's tiles for a model of this receptive-field radius.
 
-    Exact (``tiling.exact_overlap``) where 2 x radius fits the default overlap: the built-in x3 net,
-    radius 10, gets 20 px instead of 32, 10 % fewer pixels through the model on a 12 MP photo. A
-    wider field keeps the default overlap (the U-Net cross-fades: 176 px of overlap would double
-    its compute); a known-wide SR field cross-fades too, as a hard cut would be known to be inexact.
+    Exact (``tiling.exact_overlap``) where 2 x radius fits the default overlap (``overlap`` if given,
+    else OVERLAP): the built-in x3 net, radius 10, gets 20 px instead of 32, 10 % fewer pixels through
+    the model on a 12 MP photo. A wider field keeps the default overlap (the U-Net cross-fades: 176 px
+    of overlap would double its compute); a known-wide SR field cross-fades too, as a hard cut would be
+    known to be inexact.
     """
-    task = Task(task)
-    return exact_overlap(radius, OVERLAP[task], MARGIN[task] if radius is None else None)
+    overlap = base_overlap(task, overlap)
+    margin = overlap // 2 if CUT_IN_THE_MIDDLE[Task(task)] and radius is None else None
+    return exact_overlap(radius, overlap, margin)
 
 
-def min_tile(task: str) -> int:
-    """The smallest tile side that leaves a core between the two overlaps."""
-    return 2 * OVERLAP[Task(task)] + 8
+def min_tile(task: str, overlap: int | None = None) -> int:
+    """The smallest tile side that leaves a core between the two overlaps (default: OVERLAP's)."""
+    return 2 * base_overlap(task, overlap) + 8
 
 
 # Default tile bounds (input px, a square side). Where tiles meet at an exact hard cut (a model whose
@@ -62,7 +73,7 @@ def min_tile(task: str) -> int:
 # fixed (FIXED_TILE_SIDE) and --threads never changes the output.
 EXACT_TILE_SIDE = 448
 EXACT_TILE_PIXELS = 2 * EXACT_TILE_SIDE ** 2
-FIXED_TILE_SIDE = {Task.SR: 256, Task.ENHANCE: 512}
+FIXED_TILE_SIDE = {Task.SR: 256, Task.ENHANCE: 768}
 
 
 def default_tile(task: str, exact: bool, workers: int) -> tuple[int, int]:
@@ -176,22 +187,27 @@ class Processor:
     """Runs one model over photos; ``tile`` bounds the tiles in input pixels: a side, or (height, width).
 
     ``threads`` CPU threads run as :func:`worker_split` says: the tiles of a photo are shared out
-    among that many copies of the model, and the output is the same bits as with one.
+    among that many copies of the model, and the output is the same bits as with one. ``overlap``
+    replaces the task's default overlap (OVERLAP: the cross-fade of wide-field models, the bound of
+    exact ones), for benchmarks that weigh seams against recomputation.
     """
 
     def __init__(self, model_path: Path, task: str, scale: int, backend: str = "tflite",
-                 tile: int | tuple[int, int] | None = None, threads: int = 2):
+                 tile: int | tuple[int, int] | None = None, threads: int = 2, overlap: int | None = None):
+        if overlap is not None and overlap < 0:
+            raise ConfigError(f"overlap {overlap} must be >= 0")
         if tile is not None:
             th, tw = (tile, tile) if isinstance(tile, int) else tile
-            if min(th, tw) < min_tile(task):
-                raise ConfigError(f"tile {th}x{tw} is too small: use at least {min_tile(task)} input pixels a side")
-        self.task, self.backend = task, backend
+            lo = min_tile(task, overlap)
+            if min(th, tw) < lo:
+                raise ConfigError(f"tile {th}x{tw} is too small: use at least {lo} input pixels a side")
+        self.task, self.backend, self.overlap = task, backend, overlap
         workers, per_worker = worker_split(threads, backend)
         self.model = load_model(model_path, threads=per_worker, backend=backend)
         self.model.check(task=task, scale=scale)
         if tile is None:  # None: the default for this model and worker count
-            th, tw = default_tile(task, exact=tiles_meet_exactly(self.model.radius, OVERLAP[Task(task)]),
-                                  workers=workers)
+            exact = tiles_meet_exactly(self.model.radius, base_overlap(task, overlap))
+            th, tw = default_tile(task, exact=exact, workers=workers)
         self.tile = (th, tw)
         self.workers = [self.model] + [load_model(model_path, threads=per_worker, backend=backend)
                                        for _ in range(workers - 1)]
@@ -222,7 +238,7 @@ class Processor:
         ph, pw = (-h) % m, (-w) % m
         canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
         oh, ow = h * self.scale, w * self.scale
-        overlap, margin = tile_overlap(self.model.info.task, self.model.radius)
+        overlap, margin = tile_overlap(self.model.info.task, self.model.radius, self.overlap)
         tile = (self.tile[0] - self.tile[0] % m, self.tile[1] - self.tile[1] % m)
         ys, xs = tile_plan(*canvas.shape[:2], tile, overlap, margin, m)[3:]
         runs = self._tile_runs(len(ys) * len(xs))  # one per worker thread: tiles run in parallel, same bits

@@ -5,6 +5,7 @@ import pytest
 
 from quantir.data.tiling import tiled_apply
 from quantir.export.receptive_field import Node, Window, output_radius, tflite_radius
+from quantir.errors import ConfigError
 from quantir.export.runtime import load_runtime
 from quantir.infer import OVERLAP, Processor, builtin_model, tile_overlap
 from tests.conftest import natural_image
@@ -39,6 +40,17 @@ def test_builtin_models_radius_from_their_graphs():
     assert enh.radius is not None and 2 * enh.radius > OVERLAP["enhance"]
     assert tile_overlap("enhance", enh.radius) == (OVERLAP["enhance"], None)
     assert tile_overlap("sr", None) == (OVERLAP["sr"], OVERLAP["sr"] // 2)
+
+
+def test_a_given_overlap_replaces_the_default_as_cross_fade_and_as_exactness_bound():
+    assert tile_overlap("enhance", 88, 40) == (40, None)  # too wide: cross-fades over the given overlap
+    assert tile_overlap("enhance", 12, 40) == (24, 12)  # fits: exact at twice the radius
+    assert tile_overlap("sr", None, 24) == (24, 12)  # unknown SR field: hard cut in the middle
+    assert tile_overlap("sr", 10, 16) == (16, None)  # known and wider than the bound: cross-fade
+    with pytest.raises(ConfigError, match="at least 88"):
+        Processor(builtin_model("enhance"), "enhance", 1, tile=80, overlap=40)
+    with pytest.raises(ConfigError, match="overlap -1"):
+        Processor(builtin_model("enhance"), "enhance", 1, overlap=-1)
 
 
 def test_overlap_of_twice_the_radius_is_exact_and_one_less_is_not(sr_model):

@@ -21,7 +21,7 @@ class Command:
 
 # Tiles default to infer.default_tile: for a model whose tiles meet at an exact cut (the built-in x3
 # net) 448 px squares with 2 workers, smaller with more so the tiles' memory stays the same; the
-# enhancer's 512 px tiles cross-fade and keep their size. --tile HxW also takes short, wide SR tiles:
+# enhancer's 768 px tiles cross-fade and keep their size. --tile HxW also takes short, wide SR tiles:
 # band memory follows the height, the recomputed overlap both sides, and the output bits do not
 # change (BENCHMARKS.md "Photo path").
 COMMANDS = {"upscale": Command("sr", "x3 super-resolution with the built-in INT8 model (or --model)", True),
