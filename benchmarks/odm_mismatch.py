@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,13 @@ def main() -> None:
     images = lr_crops(a.photos, 3, a.size)
     result = {}
     for row in a.rows:
-        per_seed = [layer_mismatch(d / "checkpoints" / "qat_final.safetensors", images)
-                    for d in sorted(a.runs.glob(f"{row}_s*"))]
+        runs = sorted(a.runs.glob(f"{row}_s*"))
+        done = [d for d in runs if (d / "checkpoints" / "qat_final.safetensors").is_file()]
+        if len(done) < len(runs):  # a seed still training (or failed): measured without it, and said so
+            print(f"({row}): skipping unfinished {', '.join(d.name for d in runs if d not in done)}", file=sys.stderr)
+        if not done:
+            raise SystemExit(f"({row}): no finished run under {a.runs}")
+        per_seed = [layer_mismatch(d / "checkpoints" / "qat_final.safetensors", images) for d in done]
         layers = list(per_seed[0])
         result[row] = {"seeds": len(per_seed), "layers": {
             k: {m: float(np.mean([s[k][m] for s in per_seed])) for m in ("rel_mismatch", "clipped")} for k in layers}}
