@@ -101,14 +101,15 @@ def main() -> None:
     for k, row in enumerate(a.rows):
         vals = result[row]["layers"]
         xs = np.arange(len(layers)) + k * width
-        axes[0].bar(xs, [vals[n]["rel_mismatch"] for n in layers], width, label=f"({row}), {result[row]['seeds']} seeds")
+        axes[0].bar(xs, [vals[n]["rel_mismatch"] for n in layers], width, label=f"({row}), {result[row]['seeds']} seed{'s' * (result[row]['seeds'] != 1)}")
         axes[1].bar(xs, [100 * vals[n]["clipped"] for n in layers], width)
     axes[0].set_ylabel("||X - q(X)|| / ||X||")
     axes[1].set_ylabel("% clipped")
     axes[1].set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
     axes[1].set_xticklabels([f"q{i}" for i in range(len(layers))], fontsize=7)
     axes[1].set_xlabel("activation quantizer, in graph order (input first, output last)")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylim(0, 1.25)  # headroom: the legend sits above the bars, in one row
+    axes[0].legend(fontsize=8, ncol=len(a.rows), loc="upper center")
     where = "/".join(a.runs.parts[-3:])  # net / bits / layout: the whole path does not fit the figure
     axes[0].set_title(f"{where}: mismatch per quantized activation", fontsize=9)
     fig.tight_layout()
