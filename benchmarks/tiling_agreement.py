@@ -26,7 +26,6 @@ from tqdm import tqdm
 from quantir.cli.args import tile_size
 from quantir.data.datasets import image_files
 from quantir.data.io import read_image
-from quantir.data.tiling import fit_tile, tile_starts
 from quantir.infer import Processor, builtin_model, min_tile, tile_overlap
 
 MP12 = (3000, 4000)  # the pixel-cost column's photo (height, width)
@@ -34,14 +33,7 @@ MP12 = (3000, 4000)  # the pixel-cost column's photo (height, width)
 
 def pixel_factor(processor: Processor, hw: tuple[int, int] = MP12) -> float:
     """Pixels through the model for an image of ``hw`` in ``processor``'s tiles, over the image's pixels."""
-    m = processor.model.info.size_multiple
-    overlap = tile_overlap(processor.task, processor.model.radius, processor.overlap)[0]
-    factor = 1.0
-    for size, bound in zip(hw, processor.tile):
-        size += (-size) % m
-        tile = fit_tile(size, bound - bound % m, overlap, m)
-        factor *= len(tile_starts(size, tile, overlap, m)) * tile / size
-    return factor
+    return processor.model_pixels(*hw) / (hw[0] * hw[1])
 
 
 def center_crop(img: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:

@@ -224,6 +224,19 @@ class Processor:
             self._whole = load_model(self._path, threads=self._threads, backend=self.backend)
         return [self._whole.run]
 
+    def _layout(self, h: int, w: int) -> tuple[int, int, tuple[int, int], int, int | None, tuple]:
+        """(bottom pad, right pad, tile bound, overlap, margin, ``tiling.tile_plan``) for an h x w photo."""
+        m = self.model.info.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        overlap, margin = tile_overlap(self.model.info.task, self.model.radius, self.overlap)
+        tile = (self.tile[0] - self.tile[0] % m, self.tile[1] - self.tile[1] % m)
+        return ph, pw, tile, overlap, margin, tile_plan(h + ph, w + pw, tile, overlap, margin, m)
+
+    def model_pixels(self, h: int, w: int) -> int:
+        """Input pixels the model runs for an h x w photo, recomputed overlaps and padding included."""
+        th, tw, _, ys, xs = self._layout(h, w)[5]
+        return th * len(ys) * tw * len(xs)
+
     def bands(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
         """The model over ``rgb`` in tiles that agree with the whole-image run, as output bands.
@@ -233,17 +246,13 @@ class Processor:
         multiples of m: every tile sees the bottom/right padding the whole image sees and downsamples
         on the same grid phase (unaligned tiles differed from the whole image by up to 34 levels).
         """
-        m = self.model.info.size_multiple
         h, w = rgb.shape[:2]
-        ph, pw = (-h) % m, (-w) % m
+        ph, pw, tile, overlap, margin, (_, _, _, ys, xs) = self._layout(h, w)
         canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
         oh, ow = h * self.scale, w * self.scale
-        overlap, margin = tile_overlap(self.model.info.task, self.model.radius, self.overlap)
-        tile = (self.tile[0] - self.tile[0] % m, self.tile[1] - self.tile[1] % m)
-        ys, xs = tile_plan(*canvas.shape[:2], tile, overlap, margin, m)[3:]
         runs = self._tile_runs(len(ys) * len(xs))  # one per worker thread: tiles run in parallel, same bits
         for row, band in tiled_bands(canvas, runs, scale=self.scale, tile=tile, overlap=overlap, margin=margin,
-                                     on_tile=on_tile, align=m):
+                                     on_tile=on_tile, align=self.model.info.size_multiple):
             if row < oh:
                 yield row, band[: oh - row, :ow]
 

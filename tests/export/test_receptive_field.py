@@ -53,6 +53,18 @@ def test_a_given_overlap_replaces_the_default_as_cross_fade_and_as_exactness_bou
         Processor(builtin_model("enhance"), "enhance", 1, overlap=-1)
 
 
+@pytest.mark.parametrize("task,tile,overlap", [("enhance", 80, None), ("enhance", 96, 40), ("sr", 72, None)])
+def test_model_pixels_counts_what_the_tiles_run(task, tile, overlap):
+    """model_pixels (the benchmarks' recomputation cost) is the pixels the photo path's tiles really run."""
+    proc = Processor(builtin_model(task), task, 3 if task == "sr" else 1, tile=tile, threads=1, overlap=overlap)
+    ran = []
+    run = proc.model.run
+    proc.model.run = lambda t: ran.append(t.shape[0] * t.shape[1]) or run(t)
+    img = natural_image(150, 211)  # not a multiple of the U-Net's 8: the padding counts too
+    proc.run(img)
+    assert len(ran) > 1 and sum(ran) == proc.model_pixels(150, 211)
+
+
 def test_overlap_of_twice_the_radius_is_exact_and_one_less_is_not(sr_model):
     """A hard cut at the radius reproduces the whole image bit for bit; at radius - 1 tiles see
     their own zero padding, so the radius read from the graph is not an overestimate either."""
