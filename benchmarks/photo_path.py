@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantir.data.io import STREAMED_FORMATS, load_photo, output_format, write_bands, write_image
+from quantir.data.io import STREAMED_FORMATS, output_format, write_bands, write_image
 from quantir.data.png_stream import PNGStreamWriter
 from quantir.data.tiling import stack_bands
 from quantir.cli.args import tile_size
@@ -105,14 +105,15 @@ def model_only_times(rt, tile: int | tuple[int, int], photo: np.ndarray | None, 
 
 
 def split(proc: Processor, path: Path, out: Path) -> dict:
-    """Decode / inference / stitching / encode of one photo, the way Processor.process runs it.
+    """Decode / inference / stitching / encode of one photo, the way Processor.process runs it
+    (*decode* includes what the first worker's allocation holds it up).
 
     With several tile workers, *inference* is the tiles' summed ``run`` time divided by the number
     of workers (the wall time they would take if they never waited for each other or a core), and
     *stitching* is the rest of the time spent pulling bands from the tiler.
     """
     t0 = time.perf_counter()
-    photo = load_photo(path, scale=proc.scale)
+    photo = proc.load(path)  # the first worker allocates for the tiles beside the decode, as in process()
     decode = time.perf_counter() - t0
     infer = [0.0]
     lock = threading.Lock()

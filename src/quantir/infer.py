@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,27 +64,35 @@ def min_tile(task: str, overlap: int | None = None) -> int:
     return 2 * base_overlap(task, overlap) + 8
 
 
-# Default tile bounds (input px, a square side). Where tiles meet at an exact hard cut (a model whose
-# receptive field the graph gives, tile_overlap) the tile size cannot change the output bits, so it
-# is chosen for speed within a memory budget: the tiles of all workers together hold at most
-# EXACT_TILE_PIXELS pixels (XNNPACK keeps about 1 KB per tile pixel per worker for the x3 net, so
-# about 0.4 GB whatever --threads), with sides of at most EXACT_TILE_SIDE. Larger tiles recompute less
-# of the overlap: 1.09x a 12 MP photo's pixels at 448 px against 1.17x at 256, 5 % faster end to end
-# on 2 cores (BENCHMARKS.md "Photo path"). Where tiles cross-fade (the U-Net) or the field is unknown
+# Default tile bounds (input px, a square side), and the memory budget of the tiles: all workers'
+# tiles together hold at most TILE_PIXELS[task] pixels, whatever --threads (the interpreter's buffers
+# grow with the tile: XNNPACK keeps about 1 KB per tile pixel per worker for the x3 net, so about
+# 0.4 GB; about 0.3 KB for the U-Net). Where tiles meet at an exact hard cut (a model whose receptive
+# field the graph gives, tile_overlap) the tile size cannot change the output bits, so the tiles
+# shrink to fit the budget, with sides of at most EXACT_TILE_SIDE. Larger tiles recompute less of
+# the overlap: 1.09x a 12 MP photo's pixels at 448 px against 1.17x at 256, 5 % faster end to end on
+# 2 cores (BENCHMARKS.md "Photo path"). Where tiles cross-fade (the U-Net) or the field is unknown
 # (ONNX files: a hard cut not known to be exact) the tile size can move the output, so the bound is
-# fixed (FIXED_TILE_SIDE) and --threads never changes the output.
+# fixed (FIXED_TILE_SIDE) and --threads never changes the output: there the workers become fewer
+# instead, each with more threads (fixed_tile_workers; the enhancer at --threads 8 held 1.61 GB
+# in eight 768-px workers).
 EXACT_TILE_SIDE = 448
-EXACT_TILE_PIXELS = 2 * EXACT_TILE_SIDE ** 2
 FIXED_TILE_SIDE = {Task.SR: 256, Task.ENHANCE: 768}
+TILE_PIXELS = {Task.SR: 2 * EXACT_TILE_SIDE ** 2, Task.ENHANCE: 2 * FIXED_TILE_SIDE[Task.ENHANCE] ** 2}
 
 
 def default_tile(task: str, exact: bool, workers: int) -> tuple[int, int]:
-    """The tile bound a photo path uses when none is given (see EXACT_TILE_PIXELS)."""
+    """The tile bound a photo path uses when none is given (see TILE_PIXELS)."""
     if not exact:
         side = FIXED_TILE_SIDE[Task(task)]
     else:
-        side = max(min(EXACT_TILE_SIDE, math.isqrt(EXACT_TILE_PIXELS // workers)), min_tile(task))
+        side = max(min(EXACT_TILE_SIDE, math.isqrt(TILE_PIXELS[Task(task)] // workers)), min_tile(task))
     return side, side
+
+
+def fixed_tile_workers(task: str, tile: tuple[int, int], workers: int) -> int:
+    """How many of ``workers`` may hold a tile of this size within TILE_PIXELS (at least one)."""
+    return max(1, min(workers, TILE_PIXELS[Task(task)] // (tile[0] * tile[1])))
 
 
 BUILTIN = {"sr": "sr_x3", "enhance": "enhance"}
@@ -173,14 +183,15 @@ def compare_image(before: np.ndarray, after: np.ndarray, max_width: int = 4096) 
 MAX_WORKERS = 8  # tile workers at most: each holds an interpreter and its buffers (memory grows with them)
 
 
-def worker_split(threads: int, backend: str) -> tuple[int, int]:
-    """(workers, threads per worker) for ``threads`` CPU threads: single-threaded interpreters on
+def worker_split(threads: int, backend: str, max_workers: int = MAX_WORKERS) -> list[int]:
+    """The threads of each tile worker for ``threads`` CPU threads: single-threaded interpreters on
     different tiles (``tiling.map_ordered``: no barrier between a tile's ops, so a core lent to the
-    encoder costs only its own time); the torch backend keeps one predictor with all the threads."""
+    encoder costs only its own time) up to ``max_workers``, then the threads shared out among them
+    (8 over 3 workers: 3, 3, 2); the torch backend keeps one predictor with all the threads."""
     if backend == "torch" or threads <= 1:
-        return 1, max(1, threads)
-    workers = min(threads, MAX_WORKERS)
-    return workers, threads // workers
+        return [max(1, threads)]
+    workers = min(threads, max_workers)
+    return [threads // workers + (k < threads % workers) for k in range(workers)]
 
 
 class Processor:
@@ -202,27 +213,55 @@ class Processor:
             if min(th, tw) < lo:
                 raise ConfigError(f"tile {th}x{tw} is too small: use at least {lo} input pixels a side")
         self.task, self.backend, self.overlap = task, backend, overlap
-        workers, per_worker = worker_split(threads, backend)
-        self.model = load_model(model_path, threads=per_worker, backend=backend)
+        split = worker_split(threads, backend)
+        self.model = load_model(model_path, threads=split[0], backend=backend)
         self.model.check(task=task, scale=scale)
+        exact = tiles_meet_exactly(self.model.radius, base_overlap(task, overlap))
         if tile is None:  # None: the default for this model and worker count
-            exact = tiles_meet_exactly(self.model.radius, base_overlap(task, overlap))
-            th, tw = default_tile(task, exact=exact, workers=workers)
+            th, tw = default_tile(task, exact=exact, workers=len(split))
         self.tile = (th, tw)
-        self.workers = [self.model] + [load_model(model_path, threads=per_worker, backend=backend)
-                                       for _ in range(workers - 1)]
+        fits = fixed_tile_workers(task, self.tile, len(split))
+        if fits < len(split):  # tiles too large for this many workers: fewer workers, more threads each
+            split = worker_split(threads, backend, max_workers=fits)
+            self.model = load_model(model_path, threads=split[0], backend=backend)
+        self.workers = [self.model] + [load_model(model_path, threads=n, backend=backend) for n in split[1:]]
         self.scale = self.model.scale
         self._path, self._threads = model_path, threads
-        self._whole = self.model if workers == 1 else None  # all threads on one tile: loaded when needed
+        self._whole = self.model if len(split) == 1 else None  # all threads on one tile: loaded when needed
 
-    def _tile_runs(self, tiles: int) -> list[Callable[[np.ndarray], np.ndarray]]:
-        """The workers' ``run`` for a photo of this many tiles; a photo of one tile gets one copy of
-        the model with all the threads (a single-threaded worker would take twice as long)."""
+    def _tile_models(self, tiles: int) -> list:
+        """The workers for a photo of this many tiles; a photo of one tile gets one copy of the
+        model with all the threads (a single-threaded worker would take twice as long)."""
         if tiles > 1:
-            return [rt.run for rt in self.workers[:tiles]]
+            return self.workers[:tiles]
         if self._whole is None:
             self._whole = load_model(self._path, threads=self._threads, backend=self.backend)
-        return [self._whole.run]
+        return [self._whole]
+
+    def prepare(self, h: int, w: int) -> None:
+        """Let the first worker that will run an h x w photo's tiles allocate for their size now."""
+        ph, pw, _, _, _, (th, tw, _, ys, xs) = self._layout(h, w)
+        self._tile_models(len(ys) * len(xs))[0].prepare(min(th, h + ph), min(tw, w + pw))
+
+    def load(self, source: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+        """``load_photo``, with the first worker allocating for the photo's tiles while it decodes.
+
+        TFLite's allocation holds the GIL (0.12 s for a 632x696 enhancer tile, most of it page
+        faults). Left to the first tile, the first worker's kept the main thread from handing the
+        second worker its tile, so the second started two allocations late; here it runs while
+        Pillow decodes in one call that does not need the GIL. The other workers allocate at their
+        first tile while the first one computes: all of them here would hold the GIL past the end of
+        the decode and delay the first tile as well.
+        """
+        sizes: queue.SimpleQueue = queue.SimpleQueue()
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            decoded = pool.submit(load_photo, source, max_pixels=max_pixels, scale=self.scale,
+                                  on_size=lambda h, w: sizes.put((h, w)))
+            decoded.add_done_callback(lambda _: sizes.put(None))  # failed before the header: no size comes
+            size = sizes.get()
+            if size is not None:
+                self.prepare(*size)
+            return decoded.result()
 
     def _layout(self, h: int, w: int) -> tuple[int, int, tuple[int, int], int, int | None, tuple]:
         """(bottom pad, right pad, tile bound, overlap, margin, ``tiling.tile_plan``) for an h x w photo."""
@@ -250,7 +289,7 @@ class Processor:
         ph, pw, tile, overlap, margin, (_, _, _, ys, xs) = self._layout(h, w)
         canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
         oh, ow = h * self.scale, w * self.scale
-        runs = self._tile_runs(len(ys) * len(xs))  # one per worker thread: tiles run in parallel, same bits
+        runs = [rt.run for rt in self._tile_models(len(ys) * len(xs))]  # one per worker: parallel tiles, same bits
         for row, band in tiled_bands(canvas, runs, scale=self.scale, tile=tile, overlap=overlap, margin=margin,
                                      on_tile=on_tile, align=self.model.info.size_multiple):
             if row < oh:
@@ -267,7 +306,7 @@ class Processor:
             if target.exists() and not overwrite:
                 raise OutputError(f"{target}: already exists (use --overwrite)")
             check_writable(target)
-        photo: Photo = load_photo(job.source, max_pixels=max_pixels, scale=self.scale)
+        photo = self.load(job.source, max_pixels)
         oh, ow = photo.rgb.shape[0] * self.scale, photo.rgb.shape[1] * self.scale
         alpha = _resize_alpha(photo.alpha, (oh, ow)) if photo.alpha is not None else None
         gray = photo.source_mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")

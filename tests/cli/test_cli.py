@@ -171,14 +171,15 @@ def test_default_tiles_grow_only_where_tiles_meet_exactly(sr_model, enhance_mode
     """No --tile: a model whose tiles meet at an exact cut gets large tiles whose total size over the
     workers is bounded (memory stays put as --threads grows), and the output is the same bits for any
     count; cross-fading or unknown-field models keep one fixed size, so --threads cannot move a seam."""
-    from quantir.infer import EXACT_TILE_PIXELS, EXACT_TILE_SIDE, FIXED_TILE_SIDE, Processor
+    from quantir.infer import EXACT_TILE_SIDE, FIXED_TILE_SIDE, TILE_PIXELS, Processor
     from quantir.data.task import Task
 
     procs = {t: Processor(sr_model, "sr", 3, threads=t) for t in (1, 2, 3, 8)}
     assert procs[1].model.radius is not None
     assert procs[1].tile == procs[2].tile == (EXACT_TILE_SIDE, EXACT_TILE_SIDE)
     assert procs[3].tile[0] < EXACT_TILE_SIDE and procs[8].tile[0] < procs[3].tile[0]
-    assert all(len(p.workers) * p.tile[0] * p.tile[1] <= EXACT_TILE_PIXELS for p in procs.values() if len(p.workers) > 1)
+    assert all(len(p.workers) * p.tile[0] * p.tile[1] <= TILE_PIXELS[Task.SR] for p in procs.values()
+               if len(p.workers) > 1)
     img = natural_image(EXACT_TILE_SIDE + 40, 2 * EXACT_TILE_SIDE + 17)  # several tiles of each size
     assert np.array_equal(procs[1].run(img), procs[3].run(img))
     fixed = {Task.SR: (FIXED_TILE_SIDE[Task.SR],) * 2, Task.ENHANCE: (FIXED_TILE_SIDE[Task.ENHANCE],) * 2}
@@ -186,6 +187,48 @@ def test_default_tiles_grow_only_where_tiles_meet_exactly(sr_model, enhance_mode
     enh = [Processor(enhance_model, "enhance", 1, threads=t) for t in (1, 3)]
     assert 2 * enh[0].model.radius > 48  # a U-Net: cross-fading tiles
     assert enh[0].tile == enh[1].tile == fixed[Task.ENHANCE]
+
+
+def test_fixed_tiles_bound_memory_with_fewer_workers(enhance_model, monkeypatch):
+    """Cross-fading tiles cannot shrink with --threads, so the workers do: at --threads 8 the enhancer
+    runs TILE_PIXELS' worth of 768-px tiles (two workers of four threads), the bits of one worker."""
+    import quantir.infer
+    from quantir.data.task import Task
+    from quantir.infer import FIXED_TILE_SIDE, TILE_PIXELS, Processor
+
+    side = FIXED_TILE_SIDE[Task.ENHANCE]
+    one = Processor(enhance_model, "enhance", 1, threads=1)
+    loads = []
+    load = quantir.infer.load_model
+    monkeypatch.setattr(quantir.infer, "load_model", lambda *a, **k: loads.append(k["threads"]) or load(*a, **k))
+    eight = Processor(enhance_model, "enhance", 1, threads=8)
+    assert len(eight.workers) == TILE_PIXELS[Task.ENHANCE] // side ** 2 == 2 and eight.tile == one.tile
+    assert loads[-2:] == [4, 4] and eight.model is eight.workers[0]
+    img = natural_image(side + 24, 40)  # two tiles, cross-faded
+    assert np.array_equal(one.run(img), eight.run(img))
+    loads.clear()
+    small = Processor(enhance_model, "enhance", 1, tile=side // 2, threads=8)  # a quarter of the pixels each
+    assert len(small.workers) == 8 and loads == [1] * 8
+    loads.clear()
+    assert len(Processor(enhance_model, "enhance", 1, threads=7).workers) == 2 and loads[-2:] == [4, 3]
+
+
+def test_prepare_allocates_what_the_tiles_run(sr_model, enhance_model, tmp_path, monkeypatch):
+    """Processor.load has the first worker allocate for the photo's tile shape while it decodes: it
+    allocates nothing more for the photo's tiles (an allocation holds the GIL for a tile's worth)."""
+    from quantir.infer import Processor
+
+    for model, task, scale in ((sr_model, "sr", 3), (enhance_model, "enhance", 1)):
+        proc = Processor(model, task, scale, threads=2)
+        src = tmp_path / f"{task}.png"
+        Image.fromarray(natural_image(proc.tile[0] + 57, 2 * proc.tile[1] + 3)).save(src)  # uneven tiles
+        photo = proc.load(src)
+        calls = []
+        first = proc.workers[0].interpreter
+        monkeypatch.setattr(first, "allocate_tensors", lambda f=first.allocate_tensors: calls.append(1) or f())
+        assert proc.workers[0]._shape is not None and proc.workers[1]._shape is None
+        proc.run(photo.rgb)
+        assert calls == [] and proc.workers[1]._shape is not None
 
 
 @pytest.mark.parametrize("task", ["sr", "enhance"])

@@ -52,6 +52,9 @@ def test_cmyk_and_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 CW on display
     im.save(tmp_path / "r.jpg", exif=exif.tobytes())
     assert read_image(tmp_path / "r.jpg").shape == (20, 10, 3)
+    sizes = []  # the size handed over before decoding is the oriented one too
+    assert load_photo(tmp_path / "r.jpg", on_size=lambda h, w: sizes.append((h, w))).rgb.shape[:2] == (20, 10)
+    assert sizes == [(20, 10)]
 
 
 def test_icc_profile_survives_round_trip(tmp_path):

@@ -9,7 +9,7 @@ import dataclasses
 from quantir.cli.args import int_range, pixel_count, tile_size
 from quantir.data.io import DEFAULT_MAX_PIXELS
 from quantir.data.task import Task
-from quantir.infer import EXACT_TILE_PIXELS, EXACT_TILE_SIDE, FIXED_TILE_SIDE, min_tile
+from quantir.infer import EXACT_TILE_SIDE, FIXED_TILE_SIDE, TILE_PIXELS, min_tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +29,10 @@ COMMANDS = {"upscale": Command("sr", "x3 super-resolution with the built-in INT8
 
 
 def default_help(task: str) -> str:
-    fixed = FIXED_TILE_SIDE[Task(task)]
-    return (f"{EXACT_TILE_SIDE}x{EXACT_TILE_SIDE} with 1-2 threads and smaller with more (at most {EXACT_TILE_PIXELS} "
-            f"px together) for a model whose tiles meet exactly, else {fixed}x{fixed}")
+    fixed, budget = FIXED_TILE_SIDE[Task(task)], TILE_PIXELS[Task(task)]
+    return (f"{EXACT_TILE_SIDE}x{EXACT_TILE_SIDE} with 1-2 threads and smaller with more (at most {budget} "
+            f"px together) for a model whose tiles meet exactly, else {fixed}x{fixed} (and at most "
+            f"{max(1, budget // fixed ** 2)} tile workers, more threads each)")
 
 
 def add_parsers(sub) -> None:

@@ -34,6 +34,9 @@ class TorchPredictor:
     def check(self, task: str | None = None, scale: int | None = None) -> None:
         self.info.check(task, scale, what=f"{self.path.name} (checkpoint)")
 
+    def prepare(self, h: int, w: int) -> None:
+        """Nothing to allocate ahead (the runtimes' interface)."""
+
     def run(self, img: np.ndarray) -> np.ndarray:
         from quantir.models.apply import run_uint8
 
