@@ -59,6 +59,24 @@ print(time.perf_counter() - t, peak_rss_kb(), code)
 """
 
 
+def case_arguments(ap: argparse.ArgumentParser) -> None:
+    """--photo, --case, --threads and --json, as the single-case photo-path benchmarks take them."""
+    ap.add_argument("--photo", type=Path, required=True, help="a large photo to resize to the case's size")
+    ap.add_argument("--case", default="enhance:4000x3000:jpg", help="task:WxH:ext as in photo_path.py --cases")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+
+
+def case_input(photo: Path, case: str, folder: Path) -> tuple[str, str, tuple[int, int], Path, Path]:
+    """(command, task, (w, h), input file, output file) of a ``task:WxH:ext`` case: the photo
+    LANCZOS-resized to WxH and saved in ``folder`` as JPEG q95, as the benchmarks' inputs are made."""
+    task, size, ext = case.split(":")
+    w, h = (int(v) for v in size.split("x"))
+    src = folder / f"in_{w}x{h}.jpg"
+    Image.open(photo).convert("RGB").resize((w, h), Image.LANCZOS).save(src, quality=95)
+    return ("upscale" if task == "sr" else "enhance"), task, (w, h), src, folder / f"out.{ext}"
+
+
 def model_only_seconds(rts: list, pixels: int, tile: int | tuple[int, int], photo: np.ndarray | None = None,
                        repeats: int = 5) -> float:
     """The artifact's invoke on tile-sized inputs (a side or (height, width)), scaled to ``pixels`` input pixels.

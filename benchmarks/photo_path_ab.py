@@ -23,10 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).parent))
-from photo_path import RUN_CLI  # noqa: E402
+from photo_path import RUN_CLI, case_arguments, case_input  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -44,20 +42,13 @@ def run_once(src_dir: Path, cmd: str, inp: Path, out: Path, threads: int) -> tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photo", type=Path, required=True, help="a large photo to resize to the case's size")
+    case_arguments(ap)
     ap.add_argument("--old-src", type=Path, required=True, help="the other checkout's src/ folder")
-    ap.add_argument("--case", default="enhance:4000x3000:jpg", help="task:WxH:ext as in photo_path.py --cases")
     ap.add_argument("--pairs", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    task, size, ext = args.case.split(":")
-    w, h = (int(v) for v in size.split("x"))
-    cmd = "upscale" if task == "sr" else "enhance"
     runs: dict[str, list[tuple[float, float]]] = {"new": [], "old": []}
     with tempfile.TemporaryDirectory() as tmp:
-        inp, out = Path(tmp) / f"in_{w}x{h}.jpg", Path(tmp) / f"out.{ext}"
-        Image.open(args.photo).convert("RGB").resize((w, h), Image.LANCZOS).save(inp, quality=95)
+        cmd, _, _, inp, out = case_input(args.photo, args.case, Path(tmp))
         for k in range(args.pairs):
             order = [("new", SRC), ("old", args.old_src)]
             for name, src_dir in order if k % 2 == 0 else order[::-1]:

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).parent))
+from photo_path import case_arguments, case_input  # noqa: E402
 
 CHILD = r"""
 import json, sys, threading, time
@@ -104,18 +105,11 @@ def rounded(obj):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photo", type=Path, required=True, help="a large photo to resize to the case's size")
-    ap.add_argument("--case", default="enhance:4000x3000:jpg", help="task:WxH:ext as in photo_path.py --cases")
+    case_arguments(ap)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    task, size, ext = args.case.split(":")
-    w, h = (int(v) for v in size.split("x"))
-    cmd = "upscale" if task == "sr" else "enhance"
     with tempfile.TemporaryDirectory() as tmp:
-        inp, out = Path(tmp) / f"in_{w}x{h}.jpg", Path(tmp) / f"out.{ext}"
-        Image.open(args.photo).convert("RGB").resize((w, h), Image.LANCZOS).save(inp, quality=95)
+        cmd, task, (w, h), inp, out = case_input(args.photo, args.case, Path(tmp))
         runs = [child(CHILD, cmd, str(inp), "-o", str(out), "--overwrite", "--quiet", "--threads", str(args.threads))
                 for _ in range(args.runs)]
     for r in runs:
