@@ -23,7 +23,8 @@ from quantir.data.io import (DEFAULT_MAX_PIXELS, READ_SUFFIXES, STREAMED_FORMATS
 from quantir.data.tiling import exact_overlap, stack_bands, tile_plan, tiled_bands, tiles_meet_exactly
 from quantir.data.task import Task
 from quantir.errors import ConfigError, ImageError, ModelFileError, OutputError, QuantirError
-from quantir.evaluate.predictors import load_model
+from quantir.evaluate.predictors import TorchPredictor, load_model
+from quantir.export.runtime import Runtime
 from quantir.utils import check_writable, remove_stale_temps
 
 ASSETS = Path(__file__).with_name("assets")
@@ -229,7 +230,7 @@ class Processor:
         self._path, self._threads = model_path, threads
         self._whole = self.model if len(split) == 1 else None  # all threads on one tile: loaded when needed
 
-    def _tile_models(self, tiles: int) -> list:
+    def _tile_models(self, tiles: int) -> list[Runtime | TorchPredictor]:
         """The workers for a photo of this many tiles; a photo of one tile gets one copy of the
         model with all the threads (a single-threaded worker would take twice as long)."""
         if tiles > 1:

@@ -79,9 +79,9 @@ def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, scale: in
         raise ImageError(f"{path}: file not found")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image")
-    if path.stat().st_size == 0:  # (checked before reading it)
-        raise ImageError(f"{path}: file is empty")
     size = path.stat().st_size
+    if size == 0:
+        raise ImageError(f"{path}: file is empty")
     try:
         # A file of up to DECODE_BLOCK is read whole first, and decoded from memory in one call: the
         # decode then releases the GIL once, for all of its work, instead of at every file read, where
