@@ -115,14 +115,20 @@ class Runtime:
         """Get ready for h x w uint8 inputs to :meth:`run` before the first one arrives (the photo
         path calls it while the photo decodes). Nothing to do for runtimes without per-shape buffers."""
 
+    def invoke_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The input size :meth:`run` invokes for an h x w image: padded to the size multiple, or the
+        fixed shape it is tiled into."""
+        if self.fixed_hw is not None:
+            return self.fixed_hw
+        m = self.multiple
+        return h + (-h) % m, w + (-w) % m
+
     def run(self, img: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 -> uint8 (sH)x(sW)x3."""
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected uint8 HxWx3, got {img.dtype} {img.shape}")
         if self.fixed_hw is None:
-            h, w = img.shape[:2]
-            m = self.multiple
-            return self._run_padded(img, (h + (-h) % m, w + (-w) % m))
+            return self._run_padded(img, self.invoke_hw(*img.shape[:2]))
         fh, fw = self.fixed_hw
         if img.shape[0] <= fh and img.shape[1] <= fw:
             return self._run_padded(img, (fh, fw))
@@ -168,12 +174,9 @@ class TFLiteRuntime(Runtime):
         return self.interpreter.tensor(self.out_index)()
 
     def prepare(self, h: int, w: int) -> None:
-        # The shape run() invokes for an h x w input: padded to the size multiple, or the fixed shape
-        # it is tiled into. allocate_tensors holds the GIL for its whole run (0.12 s for a 632x696
-        # enhancer tile, mostly page faults), so a caller can do it while other threads are in C.
-        m = self.multiple
-        hw = (h + (-h) % m, w + (-w) % m) if self.fixed_hw is None else self.fixed_hw
-        self._allocate((1, *hw, self.in_channels))
+        # allocate_tensors holds the GIL for its whole run (0.12 s for a 632x696 enhancer tile, mostly
+        # page faults), so a caller can do it while other threads are in C.
+        self._allocate((1, *self.invoke_hw(h, w), self.in_channels))
 
     def _allocate(self, shape: tuple[int, ...]) -> None:
         if self._shape != shape:
