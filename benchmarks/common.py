@@ -117,21 +117,24 @@ def make_config(settings: BenchSettings, task: str, base: dict) -> TrainConfig:
 
 
 def run_training(cfg: TrainConfig, run_dir: Path, init: str | None = None) -> dict:
-    """Train (or reuse a finished run with the same config) and return its results.json."""
+    """Train (or reuse a finished run with the same config, or resume an interrupted one) and return
+    its results.json. A run is finished when it has results.json: a fresh run removes the previous
+    one's before it starts, so a killed run never shows another's numbers."""
     from quantir.train.pipeline import train
 
     results = run_dir / "results.json"
     saved = run_dir / "config.yaml"
-    if results.is_file() and saved.is_file():
-        # Compare resolved configs: a field added since the run was saved takes its default on both sides.
-        if config_io.to_dict(config_io.load(TrainConfig, saved)) == config_io.to_dict(cfg):
-            print(f"  reusing {run_dir}", flush=True)
-            return json.loads(results.read_text())
-    print(f"  training {run_dir.name} ...", flush=True)
+    # Compare resolved configs: a field added since the run was saved takes its default on both sides.
+    same = saved.is_file() and config_io.to_dict(config_io.load(TrainConfig, saved)) == config_io.to_dict(cfg)
+    if same and results.is_file():
+        print(f"  reusing {run_dir}", flush=True)
+        return json.loads(results.read_text())
+    resume = same and (run_dir / "state.json").is_file()  # killed (e.g. a session's end): go on from its last checkpoint
+    print(f"  {'resuming' if resume else 'training'} {run_dir.name} ...", flush=True)
     from quantir.errors import ModelFileError
 
     try:
-        train(cfg, run_dir, init=init, progress=False)
+        train(cfg, run_dir, init=init, progress=False, resume=resume)
     except ModelFileError as err:  # export refused: the run's results.json records why
         print(f"  {err}", flush=True)
     return json.loads(results.read_text())

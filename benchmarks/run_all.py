@@ -7,7 +7,8 @@ trainings run as independent jobs (one per SR network, one per enhancement varia
 single-thread workers (small convolutions scale poorly across threads: two single-thread
 processes finish sooner than one two-thread process); the latency table then runs alone on
 --threads threads. Results are kept as JSON in --out; finished runs are
-reused when their config is unchanged.
+reused when their config is unchanged, and a run killed part-way (same config) is resumed from
+its last checkpoint.
 """
 
 from __future__ import annotations

@@ -88,6 +88,20 @@ def test_kill_and_resume_matches_uninterrupted_run(uninterrupted, tmp_path, stag
     assert (run / "export/parity.json").read_text() == (ref / "export/parity.json").read_text()
 
 
+def test_fresh_run_killed_in_an_old_folder_leaves_none_of_the_old_results(uninterrupted, tmp_path):
+    """A new run over a finished one, killed early: the old results must not sit beside its config."""
+    cfg, ref = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    killed = _run_cli(["train", str(cfg), "--out", str(run), "--quiet", "--set", "stage1.lr=0.0005"],
+                      {"QUANTIR_FAULT": "kill:stage1:3"})
+    assert killed.returncode == -signal.SIGKILL
+    for name in ("results.json", "report.md", "curves.png", "export"):
+        assert not (run / name).exists(), name
+    assert (run / "checkpoints" / "deploy_fp32.safetensors").is_file()  # checkpoints stay (--init may use one)
+    assert "lr: 0.0005" in (run / "config.yaml").read_text()
+
+
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(make_config, tmp_path):
     cfg = make_config()
     out = tmp_path / "run"

@@ -78,6 +78,22 @@ def _check_resume_config(cfg: TrainConfig, run_dir: Path) -> None:
                           "(or start a new run directory)")
 
 
+# What finish_run writes. A fresh run in an old folder removes them first: killed before its own
+# results, it would otherwise leave the previous run's numbers beside its new config.yaml, and a
+# reader (or a benchmark that reuses finished runs) would take them for this run's. Checkpoints stay:
+# --init may point at one of them, and a fresh stage ignores a stale *_last file anyway.
+PREVIOUS_OUTPUTS = ("results.json", "report.md", "curves.png", "teacher_cache", "export")
+
+
+def _remove_previous_outputs(run_dir: Path) -> None:
+    for name in PREVIOUS_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def _init_model(cfg: TrainConfig, init: str | None):
     model = create_model(cfg.model, **cfg.model_options)
     if (model.info.task, model.info.scale) != (cfg.task, cfg.sr_scale):
@@ -151,7 +167,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, init: str
     if not resume:  # a fresh run in an old directory starts over
         state.data, metrics.rows = {"completed": {}}, []
         if ctx_dist.is_main:
-            shutil.rmtree(run_dir / "teacher_cache", ignore_errors=True)
+            _remove_previous_outputs(run_dir)
     timings = state.data.setdefault("timings", {})
     model.to(device)
     ctx = Context(cfg, run_dir, ctx_dist, splits.sources, splits.val, model.info.pixel_max, splits.qat_select)
