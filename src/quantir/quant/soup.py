@@ -1,0 +1,83 @@
+"""A weight soup of QAT runs: the uniform average of several QAT checkpoints of one FP32 model.
+
+QAT runs that start from the same FP32 model and differ only in their seed (data order,
+calibration batches) or weight-rounding rule end in one basin; each carries its own share of
+noise from the few hundred steps it trained. Averaging their floating state (weights, biases,
+learned activation ranges and clipping factors) keeps what they agree on and halves that noise
+for four runs, as weight soups do for fine-tuned networks (Wortsman et al., 2022). The weight
+scales are then recomputed from the averaged weights, so the soup is an ordinary frozen QAT model:
+it exports bit-exact like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from quantir.errors import ModelFileError
+from quantir.quant import checkpoint
+from quantir.quant.api import QuantizedModel, refresh_weight_qparams
+
+# What the runs must share: the graph (model, its options, the quantization rule, the traced size).
+SAME = ("model_name", "model_cfg", "example_hw")
+
+
+def _same_float_model(records: list[dict], names: list[str]) -> None:
+    """Every run must start from one FP32 model: it is the soup's export reference, and averaging runs
+    from different starts would mix basins."""
+    first = records[0].get("float")
+    for rec, name in zip(records[1:], names[1:]):
+        other = rec.get("float")
+        if first is None or other is None:
+            raise ModelFileError(f"{name if other is None else names[0]}: no FP32 reference in the checkpoint "
+                                 "(a slimmed built-in checkpoint?); a soup needs the QAT runs' own qat_final")
+        a, b = first["state_dict"], other["state_dict"]
+        if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+            raise ModelFileError(f"{name}: trained from another FP32 model than {names[0]}; "
+                                 "a soup averages QAT runs of one FP32 model")
+
+
+def average_records(records: list[dict], names: list[str] | None = None) -> dict:
+    """One QAT record whose floating tensors are the mean of ``records``' (the first record's quant
+    config, weight-rounding rule included, and its integer buffers)."""
+    names = names or [f"checkpoint {i}" for i in range(len(records))]
+    if len(records) < 2:
+        raise ModelFileError("a soup needs at least two QAT checkpoints")
+    for rec, name in zip(records, names):
+        if rec.get("kind") != "qat":
+            raise ModelFileError(f"{name}: not a QAT checkpoint (kind {rec.get('kind')!r})")
+        for key in SAME:
+            if rec.get(key) != records[0].get(key):
+                raise ModelFileError(f"{name}: its {key} differs from {names[0]}'s; a soup averages runs of one graph")
+    _same_float_model(records, names)
+    states = [rec["state_dict"] for rec in records]
+    if any(s.keys() != states[0].keys() for s in states[1:]):
+        raise ModelFileError("the checkpoints hold different tensors (another quantization rule?)")
+    averaged = {}
+    for k, first in states[0].items():
+        same_shape = all(s[k].shape == first.shape for s in states[1:])
+        if first.dtype.is_floating_point and same_shape:
+            averaged[k] = torch.stack([s[k].double() for s in states]).mean(0).to(first.dtype)
+        else:  # integer buffers, and an observer's reservoir sample whose size varies: the first run's
+            averaged[k] = first
+    return dict(records[0], state_dict=averaged)
+
+
+def soup(paths: list[str | Path]) -> tuple[QuantizedModel, dict]:
+    """The frozen fake-quant soup of QAT checkpoints (or run directories) and its record, ready to save.
+
+    Weight scales follow the averaged weights (as after the last step of a QAT run), so the
+    record's weights and scales agree; activation ranges are the averaged learned ones.
+    """
+    resolved = [checkpoint.resolve(p) for p in paths]
+    records = [checkpoint.load(p) for p in resolved]
+    record = average_records(records, [str(p) for p in resolved])
+    qmodel = checkpoint.build_qat(record, what="soup")
+    h, w = record["example_hw"]
+    refresh_weight_qparams(qmodel, torch.rand(1, 3, h, w) * 255.0)
+    float_model = checkpoint.build_float(record["float"], what="soup's FP32 reference")
+    extra = {k: v for k, v in record.items() if k not in ("kind", "model_name", "model_cfg", "quant_config",
+                                                          "example_hw", "state_dict", "float")}
+    out = checkpoint.qat_record(qmodel, (h, w), float_model, soup_of=[str(p) for p in resolved], **extra)
+    return qmodel, out
