@@ -125,7 +125,14 @@ def run_training(cfg: TrainConfig, run_dir: Path, init: str | None = None) -> di
     results = run_dir / "results.json"
     saved = run_dir / "config.yaml"
     # Compare resolved configs: a field added since the run was saved takes its default on both sides.
-    same = saved.is_file() and config_io.to_dict(config_io.load(TrainConfig, saved)) == config_io.to_dict(cfg)
+    old = config_io.to_dict(config_io.load(TrainConfig, saved)) if saved.is_file() else None
+    new = config_io.to_dict(cfg)
+    same = old == new
+    if old is not None and not same and {k for k in new if old.get(k) != new.get(k)} == {"threads"}:
+        # Only the thread count differs: almost always a summary call made with another --threads than
+        # the runs (which then trained differently). Retraining would silently replace hours of runs.
+        raise SystemExit(f"{run_dir} was trained with threads={old['threads']}; pass --threads {old['threads']} "
+                         f"to reuse it (or delete the folder to retrain with threads={new['threads']})")
     if same and results.is_file():
         print(f"  reusing {run_dir}", flush=True)
         return json.loads(results.read_text())

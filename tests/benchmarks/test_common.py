@@ -39,3 +39,11 @@ def test_finished_run_is_reused_killed_run_resumed_other_config_retrained(tmp_pa
     assert calls == [False, True]
     other = dataclasses.replace(cfg, seed=cfg.seed + 1)
     assert common.run_training(other, run)["eval"] == {"run": 3} and calls == [False, True, False]
+
+
+def test_a_run_of_another_thread_count_is_refused_not_retrained(tmp_path, calls):
+    cfg, run = TrainConfig(threads=1), tmp_path / "run"
+    common.run_training(cfg, run)
+    with pytest.raises(SystemExit, match="trained with threads=1; pass --threads 1"):
+        common.run_training(dataclasses.replace(cfg, threads=2), run)
+    assert calls == [False] and (run / "results.json").is_file()
