@@ -71,6 +71,13 @@ def test_soup_refuses_runs_of_another_fp32_model_or_graph(runs):
         average_records([first, other], ["a", "b"])
     with pytest.raises(ModelFileError, match="example_hw differs"):
         average_records([first, dict(second, example_hw=[24, 24])], ["a", "b"])
+    other_rule = copy.deepcopy(second)
+    other_rule["quant_config"]["act_bits"] = 4
+    with pytest.raises(ModelFileError, match="another rule"):
+        average_records([first, other_rule], ["a", "b"])
+    rounding = copy.deepcopy(second)
+    rounding["quant_config"]["weight_rounding"] = "sum_preserving"
+    assert average_records([first, rounding])["quant_config"] == first["quant_config"]  # the first run's rule
     with pytest.raises(ModelFileError, match="at least two"):
         average_records([first])
     with pytest.raises(ModelFileError, match="no FP32 reference"):

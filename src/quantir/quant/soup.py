@@ -1,12 +1,14 @@
 """A weight soup of QAT runs: the uniform average of several QAT checkpoints of one FP32 model.
 
 QAT runs that start from the same FP32 model and differ only in their seed (data order,
-calibration batches) or weight-rounding rule end in one basin; each carries its own share of
-noise from the few hundred steps it trained. Averaging their floating state (weights, biases,
-learned activation ranges and clipping factors) keeps what they agree on and halves that noise
-for four runs, as weight soups do for fine-tuned networks (Wortsman et al., 2022). The weight
-scales are then recomputed from the averaged weights, so the soup is an ordinary frozen QAT model:
-it exports bit-exact like any other.
+calibration batches) or weight-rounding rule end near each other. Weight soups of fine-tuned
+networks (Wortsman et al., 2022) average such runs instead of picking one, in the hope that what
+the runs disagree on is noise. Here the floating state is averaged (weights, biases, learned
+activation ranges and zero points, clipping factors; an average stays inside the members' ranges,
+so every zero point stays valid), then the weight scales are recomputed from the averaged weights:
+the soup is an ordinary frozen QAT model and exports bit-exact like any other. Measured in
+BENCHMARKS.md "QAT weight soups": on the QAT-only preset every soup landed inside its members'
+range, so no preset uses it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from quantir.errors import ModelFileError
 from quantir.quant import checkpoint
 from quantir.quant.api import QuantizedModel, refresh_weight_qparams
 
-# What the runs must share: the graph (model, its options, the quantization rule, the traced size).
+# What the runs must share: the graph (model, its options, the traced size) and the quantization
+# rule, except the weight-rounding rule (it acts on the averaged weights; the first run's applies).
 SAME = ("model_name", "model_cfg", "example_hw")
+
+
+def _rule(record: dict) -> dict:
+    return {k: v for k, v in (record.get("quant_config") or {}).items() if k != "weight_rounding"}
 
 
 def _same_float_model(records: list[dict], names: list[str]) -> None:
@@ -50,6 +57,9 @@ def average_records(records: list[dict], names: list[str] | None = None) -> dict
         for key in SAME:
             if rec.get(key) != records[0].get(key):
                 raise ModelFileError(f"{name}: its {key} differs from {names[0]}'s; a soup averages runs of one graph")
+        if _rule(rec) != _rule(records[0]):
+            raise ModelFileError(f"{name}: quantized by another rule than {names[0]} (quant_config differs beyond "
+                                 "weight_rounding); a soup averages runs of one rule")
     _same_float_model(records, names)
     states = [rec["state_dict"] for rec in records]
     if any(s.keys() != states[0].keys() for s in states[1:]):
@@ -74,9 +84,9 @@ def soup(paths: list[str | Path]) -> tuple[QuantizedModel, dict]:
     records = [checkpoint.load(p) for p in resolved]
     record = average_records(records, [str(p) for p in resolved])
     qmodel = checkpoint.build_qat(record, what="soup")
-    h, w = record["example_hw"]
-    refresh_weight_qparams(qmodel, torch.rand(1, 3, h, w) * 255.0)
     float_model = checkpoint.build_float(record["float"], what="soup's FP32 reference")
+    h, w = record["example_hw"]
+    refresh_weight_qparams(qmodel, torch.rand(1, 3, h, w) * float_model.info.pixel_max)
     extra = {k: v for k, v in record.items() if k not in ("kind", "model_name", "model_cfg", "quant_config",
                                                           "example_hw", "state_dict", "float")}
     out = checkpoint.qat_record(qmodel, (h, w), float_model, soup_of=[str(p) for p in resolved], **extra)
