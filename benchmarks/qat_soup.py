@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT
+from common import ROOT, eval_fn
 
-from quantir.evaluate.evaluate import evaluate
 from quantir.export.runtime import load_runtime
 from quantir.models.apply import run_uint8
 from quantir.quant import checkpoint
@@ -73,11 +72,11 @@ def main() -> None:
             print(f"{split}: {folder} not found, skipped")
             continue
         pairs = info.eval_pairs(folder)
-        ref = evaluate(lambda im: run_uint8(fp32, im), pairs, info.border)["psnr_rgb"]
+        ref = eval_fn(lambda im: run_uint8(fp32, im), pairs, info.border)["psnr_rgb"]
         rows = {"FP32": ref}
         print(f"\n{split} ({len(pairs)} photos, FP32 {ref:.3f} dB): INT8 TFLite - FP32, PSNR-RGB")
         for label, path in artifacts.items():
-            rows[label] = evaluate(load_runtime(path, threads=a.threads).run, pairs, info.border)["psnr_rgb"]
+            rows[label] = eval_fn(load_runtime(path, threads=a.threads).run, pairs, info.border)["psnr_rgb"]
             print(f"  {label:32s} {rows[label] - ref:+.3f}", flush=True)
         result["splits"][split] = rows
     (out / "soup.json").write_text(json.dumps(result, indent=2) + "\n")
