@@ -26,6 +26,7 @@ from PIL import Image
 from quantir.data.jpeg_stream import STRIP_ROWS, jpeg_params
 
 OUTPUT_MP = 12000 * 9000 / 1e6  # the x3 output of a 12 MP photo, for the CPU estimate
+DISTINCT = 3  # different strips cut from the photo; --strips cycles through them
 
 
 def timed(fn, items, threads: int) -> float:
@@ -47,10 +48,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quality", type=int, default=95)
     a = ap.parse_args()
-    rows = STRIP_ROWS * 3
-    src = Image.open(a.photo).convert("RGB")
-    img = np.asarray(src.resize((a.width, rows), Image.LANCZOS))
-    strips = [np.ascontiguousarray(img[k % 3 * STRIP_ROWS:(k % 3 + 1) * STRIP_ROWS]) for k in range(a.strips)]
+    try:
+        src = Image.open(a.photo).convert("RGB")
+    except OSError as e:
+        raise SystemExit(f"{a.photo}: not a readable image ({e})") from None
+    img = np.asarray(src.resize((a.width, STRIP_ROWS * DISTINCT), Image.LANCZOS))
+    cuts = [np.ascontiguousarray(img[k * STRIP_ROWS:(k + 1) * STRIP_ROWS]) for k in range(DISTINCT)]
+    strips = [cuts[k % DISTINCT].copy() for k in range(a.strips)]  # one array per strip, as the writer gets
     params = jpeg_params(a.quality)
     images = [Image.fromarray(x, "RGB") for x in strips]
 
