@@ -17,13 +17,18 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from quantir.data.jpeg_stream import STRIP_ROWS, jpeg_params
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script from anywhere: the sibling benchmark's helpers
+from photo_path import open_photo  # noqa: E402
 
 OUTPUT_MP = 12000 * 9000 / 1e6  # the x3 output of a 12 MP photo, for the CPU estimate
 DISTINCT = 3  # different strips cut from the photo; --strips cycles through them
@@ -42,17 +47,13 @@ def timed(fn, items, threads: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--photo", required=True)
+    ap.add_argument("--photo", type=Path, required=True)
     ap.add_argument("--width", type=int, default=12000)
     ap.add_argument("--strips", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quality", type=int, default=95)
     a = ap.parse_args()
-    try:
-        src = Image.open(a.photo).convert("RGB")
-    except OSError as e:
-        raise SystemExit(f"{a.photo}: not a readable image ({e})") from None
-    img = np.asarray(src.resize((a.width, STRIP_ROWS * DISTINCT), Image.LANCZOS))
+    img = np.asarray(open_photo(a.photo).resize((a.width, STRIP_ROWS * DISTINCT), Image.LANCZOS))
     cuts = [np.ascontiguousarray(img[k * STRIP_ROWS:(k + 1) * STRIP_ROWS]) for k in range(DISTINCT)]
     strips = [cuts[k % DISTINCT].copy() for k in range(a.strips)]  # one array per strip, as the writer gets
     params = jpeg_params(a.quality)

@@ -67,13 +67,21 @@ def case_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", type=Path)
 
 
+def open_photo(photo: Path) -> Image.Image:
+    """The photo as RGB, or one line and exit 1 when it is missing or not an image."""
+    try:
+        return Image.open(photo).convert("RGB")
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{photo}: not a readable image ({e})") from None
+
+
 def case_input(photo: Path, case: str, folder: Path) -> tuple[str, str, tuple[int, int], Path, Path]:
     """(command, task, (w, h), input file, output file) of a ``task:WxH:ext`` case: the photo
     LANCZOS-resized to WxH and saved in ``folder`` as JPEG q95, as the benchmarks' inputs are made."""
     task, size, ext = case.split(":")
     w, h = (int(v) for v in size.split("x"))
     src = folder / f"in_{w}x{h}.jpg"
-    Image.open(photo).convert("RGB").resize((w, h), Image.LANCZOS).save(src, quality=95)
+    open_photo(photo).resize((w, h), Image.LANCZOS).save(src, quality=95)
     return ("upscale" if task == "sr" else "enhance"), task, (w, h), src, folder / f"out.{ext}"
 
 
@@ -239,7 +247,7 @@ def main() -> None:
                               "ns_per_px": round(per_px * 1e9, 1), "overlap_px": overlap,
                               "with_overlap": round(per_px * 1e9 * th * tw / ((th - overlap) * (tw - overlap)), 1)}),
                   flush=True)
-    base = Image.open(args.photo).convert("RGB")
+    base = open_photo(args.photo)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for case in args.cases:
