@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quantir.data.io import STREAMED_FORMATS, output_format, write_bands, write_image
+from quantir.data.io import STREAMED_FORMATS, output_format, read_image, write_bands, write_image
 from quantir.data.png_stream import PNGStreamWriter
 from quantir.data.tiling import stack_bands
+from quantir.errors import ImageError
 from quantir.cli.args import tile_size
 from quantir.evaluate.predictors import load_model
 from quantir.infer import Processor, builtin_model, tile_overlap
@@ -68,11 +69,11 @@ def case_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def open_photo(photo: Path) -> Image.Image:
-    """The photo as RGB, or one line and exit 1 when it is missing or not an image."""
+    """The photo as RGB, read as the CLI reads it; its one-line error and exit 1 on bad input."""
     try:
-        return Image.open(photo).convert("RGB")
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"{photo}: not a readable image ({e})") from None
+        return Image.fromarray(read_image(photo))
+    except ImageError as e:
+        raise SystemExit(str(e)) from None
 
 
 def case_input(photo: Path, case: str, folder: Path) -> tuple[str, str, tuple[int, int], Path, Path]:
