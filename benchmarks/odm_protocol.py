@@ -13,6 +13,9 @@ every run in one plot.
 
 `--models` trains each net's FP32 model first (table 1's quick recipe, reused when present under
 OUT/fp32/NAME); `--init CHECKPOINT` starts from a deploy checkpoint trained elsewhere instead.
+`--fp32-continued` also trains the FP32 model on for as many steps, with the QAT runs' loop and no
+quantizer (OUT/fp32_continued/sN): on a short FP32 run the QAT steps train the model on too, and a
+row can end above its FP32 start; against this reference the last column is the quantization loss.
 """
 
 from __future__ import annotations
@@ -72,15 +75,15 @@ def verdict(x: list[float], y: list[float]) -> str:
     return f"within noise ({d:+.3f} dB, 2 SE {2 * se:.3f})"
 
 
-def val_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    """(step, validation PSNR) of the QAT stage from the run's metrics.csv."""
+def val_curve(run_dir: Path, stage: str = "qat") -> tuple[list[int], list[float]]:
+    """(step, validation PSNR) of one stage (the QAT stage by default) from the run's metrics.csv."""
     steps, psnr = [], []
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return steps, psnr
     with path.open() as f:
         for row in csv.DictReader(f):
-            if row.get("stage") == "qat" and row.get("val_psnr"):
+            if row.get("stage") == stage and row.get("val_psnr"):
                 steps.append(int(row["step"]))
                 psnr.append(float(row["val_psnr"]))
     return steps, psnr
@@ -97,7 +100,9 @@ def last_quarter_gain(curve: tuple[list[int], list[float]]) -> float | None:
     return psnr[-1] - earlier[-1] if earlier else None
 
 
-def plot_curves(curves: dict, path: Path) -> None:
+def plot_curves(curves: dict, path: Path, references: dict | None = None) -> None:
+    """One panel per "net | bits | layout" group, a line per run; ``references`` (net -> curves of
+    the FP32 model trained on without a quantizer) are drawn dashed in every panel of that net."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,6 +119,8 @@ def plot_curves(curves: dict, path: Path) -> None:
             if key.startswith(group + " | ") and steps:
                 row = key.rsplit(" | ", 1)[1].rsplit(" s", 1)[0]  # one legend entry per row, not per seed
                 ax.plot(steps, psnr, label=row, color=f"C{'abcde'.index(row[1])}", alpha=0.7)
+        for steps, psnr in (references or {}).get(group.split(" | ")[0], []):
+            ax.plot(steps, psnr, label="FP32 trained on, no quantizer", color="0.4", ls="--", alpha=0.8)
         ax.set_title(textwrap.fill(group, 55), fontsize=9)  # "net | bits | layout" is wider than a panel
         ax.set_xlabel("QAT step")
         ax.set_ylabel("validation PSNR (dB)")
@@ -125,6 +132,28 @@ def plot_curves(curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def fp32_continued(settings: BenchSettings, spec: dict, options: dict, init: str, root: Path, a) -> dict:
+    """The FP32 model trained on for ``a.steps`` steps with what the QAT runs change in it (L1 loss,
+    peak lr ``a.lr`` on the same cosine, no weight average, 32-px patches, batch 16) but no quantizer:
+    QAT's steps also train the model on, so on a short FP32 run a QAT row can end above its FP32
+    start; this is the float model those steps would have made."""
+    per_seed: dict = {"psnr_rgb": [], "psnr_y": [], "curves": []}
+    for seed in range(a.first_seed, a.seeds):
+        base = _qat_base(spec, {}, 8, a.steps, patch=32)
+        every = max(50, a.steps // a.val_points)
+        base.update(model_options=options, scale=int(options.get("scale", 3)), seed=seed,
+                    stage1={"steps": a.steps, "lr": a.lr, "lr_min": 1.0e-6, "warmup": 0, "ema": 0.0,
+                            "val_every": every, "ckpt_every": every, "loss": {"l1": 1.0}},
+                    qat={"enabled": False})
+        print(f"[odm-protocol] {spec['model']} FP32 trained on, seed {seed}", flush=True)
+        run_dir = root / "fp32_continued" / f"s{seed}"
+        ev = run_training(make_config(settings, "sr", base), run_dir, init=init)["eval"]
+        for m in ("psnr_rgb", "psnr_y"):
+            per_seed[m].append(ev["FP32 (fused)"][m])
+        per_seed["curves"].append(val_curve(run_dir, "stage1"))
+    return per_seed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--init", help="FP32 deploy checkpoint (quantir train's deploy_fp32); or --models")
@@ -132,7 +161,8 @@ def main() -> None:
                     help="train these nets' FP32 models here first (table 1's quick recipe)")
     ap.add_argument("--bits", type=int, nargs="+", default=[2])
     ap.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=["8bit"])
-    ap.add_argument("--rows", nargs="+", choices=list("abcde"), default=list("abcde"), help="table 2's rows")
+    ap.add_argument("--rows", nargs="*", choices=list("abcde"), default=list("abcde"),
+                    help="table 2's rows (none: only the --fp32-continued reference)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0,
                     help="run seeds FIRST..SEEDS-1 only (the others in another process); a later call "
@@ -144,6 +174,9 @@ def main() -> None:
     ap.add_argument("--tag", default="odm_protocol", help="name of the JSON and plot written under --out")
     ap.add_argument("--val-points", type=int, default=4,
                     help="validations per QAT run (evenly spaced; the curve and its last-quarter gain)")
+    ap.add_argument("--fp32-continued", action="store_true",
+                    help="also train the FP32 model on for --steps with the QAT runs' loop and no quantizer "
+                         "(per seed): the reference that separates quantization loss from the extra training")
     a = ap.parse_args()
     if bool(a.init) == bool(a.models):
         ap.error("give exactly one of --init and --models")
@@ -158,12 +191,14 @@ def main() -> None:
         run_training(cfg, fp32_dir)  # reused when already trained
         inits[name] = str(fp32_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}")
     rows = {r[1]: r for r in VARIANTS if r[1] in a.rows}
-    results, curves, refs = {}, {}, {}
+    results, curves, refs, continued = {}, {}, {}, {}
     for net, init in inits.items():
         record = checkpoint.load(init)
         spec = {"model": record["model_name"]}
         options = {k: v for k, v in record["model_cfg"].items() if k != "deploy"}
         root = settings.out if a.init else settings.out / net
+        if a.fp32_continued:
+            continued[spec["model"]] = fp32_continued(settings, spec, options, init, root, a)
         for bits in a.bits:
             for layout in a.layouts:
                 name, keep = LAYOUTS[layout]
@@ -193,26 +228,35 @@ def main() -> None:
         got = {r[1]: results[f"{key} | {r}"]["psnr_rgb"] for r in rows.values() if f"{key} | {r}" in results}
         verdicts[key] = {o: verdict(got[x], got[y]) for o, (x, y) in ORDERINGS.items() if x in got and y in got}
     out = {"inits": inits, "steps": a.steps, "lr": a.lr, "seeds": a.seeds, "reference": refs, "results": results,
-           "verdicts": verdicts}
+           "verdicts": verdicts, "fp32_continued": continued}
     (settings.out / f"{a.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     if curves:  # --seeds 0 (FP32 models only) has no QAT run to plot
-        plot_curves(curves, settings.out / f"{a.tag}_curves.png")
-    print(f"\n{max(0, a.seeds - a.first_seed)} seeds x {a.steps} QAT steps at lr {a.lr:g}; "
+        plot_curves(curves, settings.out / f"{a.tag}_curves.png", {k: v["curves"] for k, v in continued.items()})
+    n = max(0, a.seeds - a.first_seed)
+    print(f"\n{n} seed{'' if n == 1 else 's'} x {a.steps} QAT steps at lr {a.lr:g}; "
           "PSNR RGB / Y (shave = scale) on the evaluation photos")
     for net, ref in refs.items():
         bic, fp = ref["bicubic"], ref["FP32"]
         print(f"- {net}: bicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, "
               f"FP32 {fp['psnr_rgb']:.3f} / {fp['psnr_y']:.3f} dB")
+    for net, r in continued.items():
+        print(f"- {net}: FP32 trained on for {a.steps} steps (QAT's loop, no quantizer), "
+              f"{len(r['psnr_rgb'])} seed{'' if len(r['psnr_rgb']) == 1 else 's'}: {np.mean(r['psnr_rgb']):.3f} / {np.mean(r['psnr_y']):.3f} dB")
+    extra = " minus FP32 trained on (RGB) |" if continued else ""
     print("\n| net | bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) "
-          "| val. gain over the last quarter |\n|---|---|---|---|---:|---:|---:|---:|")
+          f"| val. gain over the last quarter |{extra}\n|---|---|---|---|---:|---:|---:|---:|"
+          + ("---:|" if continued else ""))
     for key, r in results.items():
         net, bits, layout, row = key.split(" | ")
         rgb, y = np.array(r["psnr_rgb"]), np.array(r["psnr_y"])
         sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
         gains = [g for g in r["last_quarter_gain"] if g is not None]
         flat = f"{np.mean(gains):+.3f}" if gains else "-"
+        # against the FP32 model trained on as many steps (mean over its seeds): the quantization loss
+        versus = f" {rgb.mean() - np.mean(continued[net]['psnr_rgb']):+.3f} |" if net in continued else (
+            " - |" if continued else "")
         print(f"| {net} | {bits} | {layout} | {row} | {rgb.mean():.3f} +- {sd(rgb):.3f} | {y.mean():.3f} +- "
-              f"{sd(y):.3f} | {rgb.mean() - refs[net]['bicubic']['psnr_rgb']:+.3f} | {flat} |")
+              f"{sd(y):.3f} | {rgb.mean() - refs[net]['bicubic']['psnr_rgb']:+.3f} | {flat} |{versus}")
     for key, vs in sorted(verdicts.items()):
         for o, v in vs.items():
             print(f"- {key}: {o}: {v}")

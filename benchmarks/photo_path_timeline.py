@@ -6,10 +6,12 @@ what a TFLite allocation for that tile costs and holds.
 Each run is a fresh process (imports excluded from the clock, as in ``photo_path.py``): every
 worker's ``run`` is wrapped to record its start, end and CPU time per tile. Printed per run: when
 each worker started its first tile (from the CLI's entry), the end of the last tile and of the
-command, the workers' summed CPU time in their tiles, the main thread's CPU time, and the tiles'
-pixels against the photo's. Then, in another fresh process, one ``allocate_tensors`` for the tile
-shape the run used: its wall time, minor page faults, and the longest wait of a thread that sleeps
-1 ms at a time meanwhile (about the whole allocation: it holds the GIL). Works with another
+command, the workers' summed CPU time in their tiles, their summed idle time between their first
+tile's start and their last tile's end (handing tiles over, and waiting for the GIL) with each wait
+over 5 ms as (when it began, how long), the main thread's CPU time, and the tiles' pixels against
+the photo's. Then, in another fresh process, one ``allocate_tensors`` for the tile shape the run
+used: its wall time, minor page faults, and the longest wait of a thread that sleeps 1 ms at a time
+meanwhile (about the whole allocation: it holds the GIL). Works with another
 checkout's code too (``PYTHONPATH=/tmp/old/src``): it only uses what the photo path had before.
 """
 
@@ -48,13 +50,21 @@ infer.Processor.__init__ = wrapped_init
 T0 = time.perf_counter()
 code = main(sys.argv[1:])
 end = time.perf_counter() - T0
-firsts = {}
-for name, start, *_ in tiles:
+firsts, spans, ends, gaps = {}, {}, {}, []
+for name, start, stop, *_ in sorted(tiles, key=lambda t: t[1]):
     firsts[name] = min(start, firsts.get(name, start))
+    first, last, busy = spans.get(name, (start, stop, 0.0))
+    spans[name] = (min(first, start), max(last, stop), busy + stop - start)
+    if name in ends and start - ends[name] > 0.005:  # this worker waited more than 5 ms for its next tile
+        gaps.append((round(ends[name], 3), round(start - ends[name], 3)))
+    ends[name] = stop
 print(json.dumps({"e2e_s": end, "first_tile_start_s": sorted(firsts.values()),
                   "last_tile_end_s": max(t[2] for t in tiles), "tiles": len(tiles),
                   "tile_px": sum(t[4] * t[5] for t in tiles), "tile_shape": list(tiles[0][4:6]),
-                  "workers_cpu_s": sum(t[3] for t in tiles), "main_cpu_s": time.thread_time(), "code": code}))
+                  "workers_cpu_s": sum(t[3] for t in tiles),
+                  "workers_idle_s": sum(last - first - busy for first, last, busy in spans.values()),
+                  "idle_gaps_over_5ms": sorted(gaps),
+                  "main_cpu_s": time.thread_time(), "code": code}))
 """
 
 ALLOC = r"""
