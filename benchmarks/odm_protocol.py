@@ -139,7 +139,7 @@ def fp32_continued(settings: BenchSettings, spec: dict, options: dict, init: str
     start; this is the float model those steps would have made."""
     per_seed: dict = {"psnr_rgb": [], "psnr_y": [], "curves": []}
     for seed in range(a.first_seed, a.seeds):
-        base = _qat_base(spec, {}, 8, a.steps, patch=32)
+        base = _qat_base(spec, {}, 8, a.steps, patch=32)  # the QAT runs' data and export settings; qat replaced below
         every = max(50, a.steps // a.val_points)
         base.update(model_options=options, scale=int(options.get("scale", 3)), seed=seed,
                     stage1={"steps": a.steps, "lr": a.lr, "lr_min": 1.0e-6, "warmup": 0, "ema": 0.0,
@@ -240,8 +240,9 @@ def main() -> None:
         print(f"- {net}: bicubic {bic['psnr_rgb']:.3f} / {bic['psnr_y']:.3f} dB, "
               f"FP32 {fp['psnr_rgb']:.3f} / {fp['psnr_y']:.3f} dB")
     for net, r in continued.items():
+        k = len(r["psnr_rgb"])
         print(f"- {net}: FP32 trained on for {a.steps} steps (QAT's loop, no quantizer), "
-              f"{len(r['psnr_rgb'])} seed{'' if len(r['psnr_rgb']) == 1 else 's'}: {np.mean(r['psnr_rgb']):.3f} / {np.mean(r['psnr_y']):.3f} dB")
+              f"{k} seed{'' if k == 1 else 's'}: {np.mean(r['psnr_rgb']):.3f} / {np.mean(r['psnr_y']):.3f} dB")
     extra = " minus FP32 trained on (RGB) |" if continued else ""
     print("\n| net | bits | layout | row | PSNR-RGB mean +- std | PSNR-Y mean +- std | minus bicubic (RGB) "
           f"| val. gain over the last quarter |{extra}\n|---|---|---|---|---:|---:|---:|---:|"

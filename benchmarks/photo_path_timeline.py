@@ -50,15 +50,13 @@ infer.Processor.__init__ = wrapped_init
 T0 = time.perf_counter()
 code = main(sys.argv[1:])
 end = time.perf_counter() - T0
-firsts, spans, ends, gaps = {}, {}, {}, []
+spans, gaps = {}, []  # per worker: (first tile's start, last tile's end so far, time inside tiles)
 for name, start, stop, *_ in sorted(tiles, key=lambda t: t[1]):
-    firsts[name] = min(start, firsts.get(name, start))
-    first, last, busy = spans.get(name, (start, stop, 0.0))
-    spans[name] = (min(first, start), max(last, stop), busy + stop - start)
-    if name in ends and start - ends[name] > 0.005:  # this worker waited more than 5 ms for its next tile
-        gaps.append((round(ends[name], 3), round(start - ends[name], 3)))
-    ends[name] = stop
-print(json.dumps({"e2e_s": end, "first_tile_start_s": sorted(firsts.values()),
+    first, last, busy = spans.get(name, (start, start, 0.0))
+    if start - last > 0.005:  # this worker waited more than 5 ms for its next tile
+        gaps.append((round(last, 3), round(start - last, 3)))
+    spans[name] = (first, stop, busy + stop - start)
+print(json.dumps({"e2e_s": end, "first_tile_start_s": sorted(first for first, _, _ in spans.values()),
                   "last_tile_end_s": max(t[2] for t in tiles), "tiles": len(tiles),
                   "tile_px": sum(t[4] * t[5] for t in tiles), "tile_shape": list(tiles[0][4:6]),
                   "workers_cpu_s": sum(t[3] for t in tiles),
