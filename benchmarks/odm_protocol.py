@@ -139,11 +139,11 @@ def fp32_continued(settings: BenchSettings, spec: dict, options: dict, init: str
     start; this is the float model those steps would have made."""
     per_seed: dict = {"psnr_rgb": [], "psnr_y": [], "curves": []}
     for seed in range(a.first_seed, a.seeds):
-        base = _qat_base(spec, {}, 8, a.steps, patch=32)  # the QAT runs' data and export settings; qat replaced below
+        base = _qat_base(spec, {}, 8, a.steps, patch=32)
         every = max(50, a.steps // a.val_points)
-        base.update(model_options=options, scale=int(options.get("scale", 3)), seed=seed,
-                    stage1={"steps": a.steps, "lr": a.lr, "lr_min": 1.0e-6, "warmup": 0, "ema": 0.0,
-                            "val_every": every, "ckpt_every": every, "loss": {"l1": 1.0}},
+        # the QAT runs' own training settings, as the float stage (warm-up 0 as QAT's; stage1's default has one)
+        loop = dict(base["qat"]["train"], lr=a.lr, warmup=0, val_every=every, ckpt_every=every)
+        base.update(model_options=options, scale=int(options.get("scale", 3)), seed=seed, stage1=loop,
                     qat={"enabled": False})
         print(f"[odm-protocol] {spec['model']} FP32 trained on, seed {seed}", flush=True)
         run_dir = root / "fp32_continued" / f"s{seed}"
