@@ -132,7 +132,8 @@ def plot_curves(curves: dict, path: Path, references: dict | None = None) -> Non
     plt.close(fig)
 
 
-def fp32_continued(settings: BenchSettings, spec: dict, options: dict, init: str, root: Path, a) -> dict:
+def fp32_continued(settings: BenchSettings, spec: dict, options: dict, init: str, root: Path, a,
+                   every: int) -> dict:
     """The FP32 model trained on for ``a.steps`` steps with what the QAT runs change in it (L1 loss,
     peak lr ``a.lr`` on the same cosine, no weight average, 32-px patches, batch 16) but no quantizer:
     QAT's steps also train the model on, so on a short FP32 run a QAT row can end above its FP32
@@ -140,7 +141,6 @@ def fp32_continued(settings: BenchSettings, spec: dict, options: dict, init: str
     per_seed: dict = {"psnr_rgb": [], "psnr_y": [], "curves": []}
     for seed in range(a.first_seed, a.seeds):
         base = _qat_base(spec, {}, 8, a.steps, patch=32)
-        every = max(50, a.steps // a.val_points)
         # the QAT runs' own training settings, as the float stage (warm-up 0 as QAT's; stage1's default has one)
         loop = dict(base["qat"]["train"], lr=a.lr, warmup=0, val_every=every, ckpt_every=every)
         base.update(model_options=options, scale=int(options.get("scale", 3)), seed=seed, stage1=loop,
@@ -192,13 +192,14 @@ def main() -> None:
         inits[name] = str(fp32_dir / "checkpoints" / f"deploy_fp32{checkpoint.SUFFIX}")
     rows = {r[1]: r for r in VARIANTS if r[1] in a.rows}
     results, curves, refs, continued = {}, {}, {}, {}
+    every = max(50, a.steps // a.val_points)  # validation and checkpoint interval, the same for every run
     for net, init in inits.items():
         record = checkpoint.load(init)
         spec = {"model": record["model_name"]}
         options = {k: v for k, v in record["model_cfg"].items() if k != "deploy"}
         root = settings.out if a.init else settings.out / net
         if a.fp32_continued:
-            continued[spec["model"]] = fp32_continued(settings, spec, options, init, root, a)
+            continued[spec["model"]] = fp32_continued(settings, spec, options, init, root, a, every)
         for bits in a.bits:
             for layout in a.layouts:
                 name, keep = LAYOUTS[layout]
@@ -211,7 +212,6 @@ def main() -> None:
                         base["scale"] = int(options.get("scale", 3))
                         base["seed"] = seed
                         base["qat"]["train"]["lr"] = a.lr
-                        every = max(50, a.steps // a.val_points)
                         base["qat"]["train"].update(val_every=every, ckpt_every=every)
                         run_dir = root / f"w{bits}" / layout / f"{letter}_s{seed}"
                         print(f"[odm-protocol] {group} {row} seed {seed}", flush=True)
