@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from quantir.data.datasets import sr_pairs
-from quantir.data.metrics import psnr
+from quantir.data.metrics import _filter, psnr
 from quantir.export.runtime import load_runtime
 from quantir.models.apply import run_uint8
 from quantir.quant import checkpoint
@@ -51,9 +51,7 @@ def local_gradient(img: np.ndarray, window: int = 5) -> np.ndarray:
         g = np.maximum(g, np.pad(d, pad))
         pad[axis] = (0, 1)
         g = np.maximum(g, np.pad(d, pad))
-    k = np.ones(window, np.float32) / window  # separable box filter
-    g = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 0, g)
-    return np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, g)
+    return _filter(g, np.full(window, 1.0 / window, np.float32))  # the SSIM's separable filter, a box kernel
 
 
 def regions(target: np.ndarray, outs: list[np.ndarray], margin: int, smooth: float) -> dict[str, np.ndarray]:
@@ -76,9 +74,9 @@ def photo_gap(target: np.ndarray, fp32: np.ndarray, int8: np.ndarray, margin: in
     n = extra.size * 3
     total = extra.sum()
     adiff = np.abs(d)
+    p_fp32, p_int8 = psnr(fp32, target), psnr(int8, target)
     return {
-        "psnr_fp32": psnr(fp32, target), "psnr_int8": psnr(int8, target),
-        "gap_db": psnr(int8, target) - psnr(fp32, target),
+        "psnr_fp32": p_fp32, "psnr_int8": p_int8, "gap_db": p_int8 - p_fp32,
         "mse_fp32": float((ef ** 2).mean()), "extra_mse": float(total / n),
         "diff_power": float((d ** 2).mean()), "correlation_term": float(2 * (ef * d).mean()),
         "diff_mean_rgb": [float(v) for v in d.reshape(-1, 3).mean(axis=0)],
@@ -136,7 +134,7 @@ def main() -> None:
     fp32.clamp_output = True
     rt = load_runtime(Path(a.int8), threads=a.threads)
     pairs = sr_pairs(a.data, a.scale)
-    results, keep = {}, []
+    keep = []
     print("| photo | FP32 dB | INT8 - FP32 | " + " | ".join(f"{r} px / extra" for r in REGIONS)
           + " | d mean RGB | d=0 / +-1 |")
     print("|---|---:|---:|" + "---:|" * len(REGIONS) + "---|---:|")
@@ -144,11 +142,11 @@ def main() -> None:
         res = photo_gap(p.target, run_uint8(fp32, p.input), rt.run(p.input), a.margin, a.smooth)
         name = Path(p.name).stem
         keep.append((name, res))
-        results[name] = {k: v for k, v in res.items() if not k.startswith("_")}
         reg = " | ".join(f"{res['regions'][r]['pixels']:.0%} / {res['regions'][r]['extra_share']:+.0%}" for r in REGIONS)
         dm = ", ".join(f"{v:+.3f}" for v in res["diff_mean_rgb"])
         print(f"| {name} | {res['psnr_fp32']:.2f} | {res['gap_db']:+.3f} | {reg} | {dm} | "
               f"{res['diff_share']['0']:.0%} / {res['diff_share']['1']:.0%} |", flush=True)
+    results = {name: {k: v for k, v in res.items() if not k.startswith("_")} for name, res in keep}
     gaps = [r["gap_db"] for r in results.values()]
     print(f"\nmean INT8 - FP32 over {len(gaps)} photos: {np.mean(gaps):+.3f} dB")
     summary = {"fp32": a.fp32, "int8": a.int8, "data": a.data, "margin": a.margin, "smooth": a.smooth,
