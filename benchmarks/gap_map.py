@@ -33,6 +33,7 @@ from PIL import Image
 
 from quantir.data.datasets import sr_pairs
 from quantir.data.metrics import _filter, psnr
+from quantir.errors import QuantirError
 from quantir.export.runtime import load_runtime
 from quantir.models.apply import run_uint8
 from quantir.quant import checkpoint
@@ -128,12 +129,15 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    try:  # bad inputs end in one line, before the output folder exists
+        fp32 = checkpoint.build_float(checkpoint.load(checkpoint.resolve(a.fp32)))
+        rt = load_runtime(Path(a.int8), threads=a.threads)
+        pairs = sr_pairs(a.data, a.scale)
+    except QuantirError as err:
+        raise SystemExit(f"gap_map: {err}") from None
+    fp32.clamp_output = True
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    fp32 = checkpoint.build_float(checkpoint.load(checkpoint.resolve(a.fp32)))
-    fp32.clamp_output = True
-    rt = load_runtime(Path(a.int8), threads=a.threads)
-    pairs = sr_pairs(a.data, a.scale)
     keep = []
     print("| photo | FP32 dB | INT8 - FP32 | " + " | ".join(f"{r} px / extra" for r in REGIONS)
           + " | d mean RGB | d=0 / +-1 |")

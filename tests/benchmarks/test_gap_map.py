@@ -49,3 +49,16 @@ def test_figure_is_a_png_of_at_most_128_colours(tmp_path):
     from PIL import Image
     with Image.open(tmp_path / "worst.png") as im:
         assert im.mode == "P" and len(im.getcolors(256)) <= 128
+
+
+def test_a_missing_checkpoint_is_one_line_and_nothing_written(tmp_path):
+    import subprocess
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gap_map.py"
+    (tmp_path / "photos").mkdir()
+    out = subprocess.run([sys.executable, str(script), "--fp32", str(tmp_path / "missing.safetensors"),
+                          "--int8", str(tmp_path / "missing.tflite"), "--data", str(tmp_path / "photos"),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert lines == [f"gap_map: {tmp_path / 'missing.safetensors'}: checkpoint not found"]
+    assert not (tmp_path / "out").exists()
