@@ -287,14 +287,22 @@ class Processor:
         on the same grid phase (unaligned tiles differed from the whole image by up to 34 levels).
         """
         h, w = rgb.shape[:2]
-        ph, pw, tile, overlap, margin, (_, _, _, ys, xs) = self._layout(h, w)
-        canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
+        canvas, plan, tiles = self.tiling(rgb)
         oh, ow = h * self.scale, w * self.scale
-        runs = [rt.run for rt in self._tile_models(len(ys) * len(xs))]  # one per worker: parallel tiles, same bits
-        for row, band in tiled_bands(canvas, runs, scale=self.scale, tile=tile, overlap=overlap, margin=margin,
-                                     on_tile=on_tile, align=self.model.info.size_multiple):
+        runs = [rt.run for rt in self._tile_models(tiles)]  # one per worker: parallel tiles, same bits
+        for row, band in tiled_bands(canvas, runs, on_tile=on_tile, **plan):
             if row < oh:
                 yield row, band[: oh - row, :ow]
+
+    def tiling(self, rgb: np.ndarray) -> tuple[np.ndarray, dict, int]:
+        """(the padded canvas, the ``tiling.tiled_bands`` keywords, the number of tiles) with which
+        :meth:`bands` runs the model over ``rgb``; its bands are cropped back to ``rgb``'s size x scale."""
+        h, w = rgb.shape[:2]
+        ph, pw, tile, overlap, margin, (_, _, _, ys, xs) = self._layout(h, w)
+        canvas = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
+        plan = {"scale": self.scale, "tile": tile, "overlap": overlap, "margin": margin,
+                "align": self.model.info.size_multiple}
+        return canvas, plan, len(ys) * len(xs)
 
     def run(self, rgb: np.ndarray, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
         """The whole output image: the stacked :meth:`bands`."""

@@ -12,7 +12,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.mark.parametrize("script, extra", [("photo_path.py", ["--cases", "sr:64x64:png"]),
                                            ("jpeg_encode.py", []),
-                                           ("photo_path_timeline.py", ["--case", "sr:64x64:png"])])
+                                           ("photo_path_timeline.py", ["--case", "sr:64x64:png"]),
+                                           ("photo_path_budget.py", ["--case", "sr:64x64:png"])])
 @pytest.mark.parametrize("bad, why", [("missing.jpg", "file not found"), ("notes.txt", "not an image")])
 def test_unreadable_photo_is_one_line_and_exit_1(tmp_path, script, extra, bad, why):
     (tmp_path / "notes.txt").write_text("not an image")

@@ -1,0 +1,140 @@
+"""The CPU budget of one ``quantir upscale`` / ``enhance`` run, part by part, against the model alone.
+
+    python benchmarks/photo_path_budget.py --photo data/samples/train/<a 10+ MP photo> --case sr:4000x3000:jpg
+
+On a box whose cores the tile workers already keep busy, the path's wall time is its CPU time
+over the cores, so this splits the CPU time, not the wall time. The photo path is replayed in this
+one thread, step by step, with the CLI's processor (default tiles and workers for ``--threads``):
+decode (``load_photo``), one interpreter allocation per worker, every tile's ``run`` split into the
+interpreter's ``invoke`` and the rest (padding, the input and output table look-ups, copies),
+stitching (``tiled_bands`` on the finished tiles) and encoding (``write_bands``, whose output file is
+the CLI's, byte for byte). Each part is CPU seconds of the thread that does it (the encoder's: the
+process's CPU during ``write_bands`` minus the stitching's). Then: *floor* = all of it over
+``--threads`` cores, as if perfectly packed; the model's own time for the photo's pixels as
+``photo_path.py`` measures it (``--threads`` threads, no overlap, no I/O); and with ``--repeats N``
+the CLI end to end in fresh processes, for how close the real run comes to its floor. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from photo_path import case_arguments, case_input, end_to_end, model_only_seconds  # noqa: E402
+
+from quantir.data.io import load_photo, write_bands  # noqa: E402
+from quantir.data.tiling import tiled_bands  # noqa: E402
+from quantir.evaluate.predictors import load_model  # noqa: E402
+from quantir.infer import Processor, builtin_model  # noqa: E402
+
+
+def run_split(rt, tile: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(``rt.run(tile)``, CPU seconds of the interpreter's invoke, CPU seconds of the rest of ``run``)."""
+    spent = [0.0]
+    invoke = rt.interpreter.invoke
+
+    def timed():
+        c = time.thread_time()
+        invoke()
+        spent[0] += time.thread_time() - c
+
+    rt.interpreter.invoke = timed
+    try:
+        c = time.thread_time()
+        out = rt.run(tile)
+        total = time.thread_time() - c
+    finally:
+        del rt.interpreter.invoke  # back to the class's method
+    return out, spent[0], total - spent[0]
+
+
+def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
+    """CPU seconds of each part of the photo path for ``src`` -> ``out``, replayed in this thread."""
+    proc = Processor(model, task, 3 if task == "sr" else 1, threads=threads)
+    c = time.thread_time()
+    photo = load_photo(src, scale=proc.scale)
+    decode = time.thread_time() - c
+    canvas, plan, tiles = proc.tiling(photo.rgb)
+    workers = min(len(proc.workers), tiles) if tiles > 1 else 1  # a photo of one tile: one model
+    rt = load_model(model, threads=1)  # fresh, so that its allocation can be timed
+    outputs, cpu = [], {"allocate": 0.0, "invoke": 0.0, "tile_rest": 0.0}
+
+    def record(tile: np.ndarray) -> np.ndarray:
+        if not outputs:  # every worker allocates once for the tile shape
+            c = time.thread_time()
+            rt.prepare(*tile.shape[:2])
+            cpu["allocate"] = (time.thread_time() - c) * workers
+        y, invoke, rest = run_split(rt, tile)
+        cpu["invoke"] += invoke
+        cpu["tile_rest"] += rest
+        outputs.append(y)
+        return y
+
+    for _ in tiled_bands(canvas, record, **plan):  # pass 1: every tile, in the path's order
+        pass
+    stitch = [0.0]
+    h, w = photo.rgb.shape[:2]
+    oh, ow = h * proc.scale, w * proc.scale
+    feed = iter(outputs)
+
+    def bands():  # pass 2: the path's stitching on the finished tiles, as Processor.bands crops it
+        it = tiled_bands(canvas, lambda _tile: next(feed), **plan)
+        while True:
+            c = time.thread_time()
+            item = next(it, None)
+            stitch[0] += time.thread_time() - c
+            if item is None:
+                return
+            row, band = item
+            if row < oh:
+                yield row, band[: oh - row, :ow]
+
+    c = time.process_time()
+    write_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
+    encode = time.process_time() - c - stitch[0]
+    parts = {"decode": decode, **cpu, "stitch": stitch[0], "encode": encode}
+    shape = outputs[0].shape
+    return {"tiles": tiles, "workers": workers, "tile_out": list(shape[:2]),
+            "tile_px_ratio": proc.model_pixels(h, w) / (h * w),
+            "cpu_s": parts, "cpu_total_s": sum(parts.values()), "floor_s": sum(parts.values()) / threads}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    case_arguments(ap)
+    ap.set_defaults(case="sr:4000x3000:jpg")
+    ap.add_argument("--repeats", type=int, default=0, help="also time the CLI end to end this many times")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd, task, (w, h), src, out = case_input(args.photo, args.case, Path(tmp))
+        model = builtin_model(task)
+        row = {"case": args.case, "threads": args.threads, **budget(model, task, src, out, args.threads)}
+        pixels = load_photo(src).rgb
+        tile = Processor(model, task, 3 if task == "sr" else 1, threads=args.threads).tile  # the CLI's default
+        model_runs = [model_only_seconds([load_model(model, threads=args.threads)], w * h, min(tile), pixels)]
+        e2e = []
+        for _ in range(args.repeats):
+            e2e.append(end_to_end(cmd, src, Path(tmp) / f"cli{out.suffix}", tile, args.threads)["e2e_s"])
+            model_runs.append(model_only_seconds([load_model(model, threads=args.threads)], w * h, min(tile), pixels))
+    row["model_s"] = median(model_runs)
+    row["floor_ratio"] = row["floor_s"] / row["model_s"]
+    row["cpu_share"] = {k: v / row["cpu_total_s"] for k, v in row["cpu_s"].items()}
+    if e2e:
+        row.update(e2e_runs_s=e2e, e2e_s=median(e2e), ratio=median(e2e) / row["model_s"])
+    rounded = json.loads(json.dumps(row), parse_float=lambda s: round(float(s), 3))
+    print(json.dumps(rounded))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()
