@@ -3,16 +3,16 @@
     python benchmarks/photo_path_budget.py --photo data/samples/train/<a 10+ MP photo> --case sr:4000x3000:jpg
 
 On a box whose cores the tile workers already keep busy, the path's wall time is its CPU time
-over the cores, so this splits the CPU time, not the wall time. The photo path is replayed in this
-one thread, step by step, with the CLI's processor (default tiles and workers for ``--threads``):
-decode (``load_photo``), one interpreter allocation per worker, every tile's ``run`` split into the
-interpreter's ``invoke`` and the rest (padding, the input and output table look-ups, copies),
-stitching (``tiled_bands`` on the finished tiles) and encoding (``write_bands``, whose output file is
-the CLI's, byte for byte). Each part is CPU seconds of the thread that does it (the encoder's: the
-process's CPU during ``write_bands`` minus the stitching's). Then: *floor* = all of it over
-``--threads`` cores, as if perfectly packed; the model's own time for the photo's pixels as
-``photo_path.py`` measures it (``--threads`` threads, no overlap, no I/O); and with ``--repeats N``
-the CLI end to end in fresh processes, for how close the real run comes to its floor. Torch-free.
+over the cores, so this splits the CPU time, not the wall time. The photo path is replayed with the
+CLI's processor (default tiles and workers for ``--threads``), its tiles run in this thread, in one
+pass as the path runs them: decode (``load_photo``), one interpreter allocation per worker, every
+tile's ``run`` split into the interpreter's ``invoke`` and the rest (padding, the input and output
+table look-ups, copies), stitching (``tiled_bands``: this thread's CPU time less its tiles') and
+encoding (``write_bands``' encoder thread: the process's CPU time less this thread's; its output
+file is the CLI's, byte for byte). Then: *floor* = all of it over ``--threads`` cores, as if
+perfectly packed; the model's own time for the photo's pixels as ``photo_path.py`` measures it
+(``--threads`` threads, no overlap, no I/O); and with ``--repeats N`` the CLI end to end in fresh
+processes, for how close the real run comes to its floor. Torch-free.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from photo_path import case_arguments, case_input, end_to_end, model_only_seconds  # noqa: E402
 
+from quantir.data import io as data_io  # noqa: E402
 from quantir.data.io import load_photo, write_bands  # noqa: E402
 from quantir.data.tiling import tiled_bands  # noqa: E402
 from quantir.evaluate.predictors import load_model  # noqa: E402
@@ -56,8 +57,21 @@ def run_split(rt, tile: np.ndarray) -> tuple[np.ndarray, float, float]:
     return out, spent[0], total - spent[0]
 
 
+class NullWriter:
+    """A streaming writer that drops the rows (``--no-encode``): the path's other parts without an encoder beside them."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def write(self, rows):
+        pass
+
+    def close(self):
+        pass
+
+
 def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
-    """CPU seconds of each part of the photo path for ``src`` -> ``out``, replayed in this thread."""
+    """CPU seconds of each part of the photo path for ``src`` -> ``out``, its tiles run in this thread."""
     proc = Processor(model, task, 3 if task == "sr" else 1, threads=threads)
     c = time.thread_time()
     photo = load_photo(src, scale=proc.scale)
@@ -65,44 +79,39 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
     canvas, plan, tiles = proc.tiling(photo.rgb)
     workers = min(len(proc.workers), tiles) if tiles > 1 else 1  # a photo of one tile: one model
     rt = load_model(model, threads=1)  # fresh, so that its allocation can be timed
-    outputs, cpu = [], {"allocate": 0.0, "invoke": 0.0, "tile_rest": 0.0}
+    cpu = {"allocate": 0.0, "invoke": 0.0, "tile_rest": 0.0}
+    shape = []
 
     def record(tile: np.ndarray) -> np.ndarray:
-        if not outputs:  # every worker allocates once for the tile shape
+        if not shape:  # every worker allocates once for the tile shape
             c = time.thread_time()
             rt.prepare(*tile.shape[:2])
             cpu["allocate"] = (time.thread_time() - c) * workers
         y, invoke, rest = run_split(rt, tile)
         cpu["invoke"] += invoke
         cpu["tile_rest"] += rest
-        outputs.append(y)
+        shape[:] = y.shape[:2]
         return y
 
-    for _ in tiled_bands(canvas, record, **plan):  # pass 1: every tile, in the path's order
-        pass
-    stitch = [0.0]
     h, w = photo.rgb.shape[:2]
     oh, ow = h * proc.scale, w * proc.scale
-    feed = iter(outputs)
 
-    def bands():  # pass 2: the path's stitching on the finished tiles, as Processor.bands crops it
-        it = tiled_bands(canvas, lambda _tile: next(feed), **plan)
-        while True:
-            c = time.thread_time()
-            item = next(it, None)
-            stitch[0] += time.thread_time() - c
-            if item is None:
-                return
-            row, band = item
+    def bands():  # Processor.bands with one worker that records its tiles
+        for row, band in tiled_bands(canvas, record, **plan):
             if row < oh:
                 yield row, band[: oh - row, :ow]
 
-    c = time.process_time()
+    # One pass, as the path runs: each tile's output is stitched and let go (keeping them all for a
+    # second pass made every output fresh memory, 9 ms of page faults a tile, and the stitching read
+    # them cold), and each band goes to the encoder thread. This thread's CPU time less its tiles' is
+    # the stitching (and handing bands over); the process's less this thread's is the encoder's.
+    p0, t0 = time.process_time(), time.thread_time()
     write_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
-    encode = time.process_time() - c - stitch[0]
-    parts = {"decode": decode, **cpu, "stitch": stitch[0], "encode": encode}
-    shape = outputs[0].shape
-    return {"tiles": tiles, "workers": workers, "tile_out": list(shape[:2]),
+    main = time.thread_time() - t0
+    encode = time.process_time() - p0 - main
+    stitch = main - cpu["invoke"] - cpu["tile_rest"] - cpu["allocate"] / workers
+    parts = {"decode": decode, **cpu, "stitch": stitch, "encode": encode}
+    return {"tiles": tiles, "workers": workers, "tile_out": list(shape),
             "tile_px_ratio": proc.model_pixels(h, w) / (h * w),
             "cpu_s": parts, "cpu_total_s": sum(parts.values()), "floor_s": sum(parts.values()) / threads}
 
@@ -112,7 +121,11 @@ def main() -> None:
     case_arguments(ap)
     ap.set_defaults(case="sr:4000x3000:jpg")
     ap.add_argument("--repeats", type=int, default=0, help="also time the CLI end to end this many times")
+    ap.add_argument("--no-encode", action="store_true",
+                    help="replay with a writer that drops the rows: is the stitching slower beside the encoder?")
     args = ap.parse_args()
+    if args.no_encode:
+        data_io.PNGStreamWriter = data_io.JPEGStreamWriter = NullWriter
     with tempfile.TemporaryDirectory() as tmp:
         cmd, task, (w, h), src, out = case_input(args.photo, args.case, Path(tmp))
         model = builtin_model(task)
