@@ -8,8 +8,8 @@ CLI's processor (default tiles and workers for ``--threads``), its tiles run in 
 pass as the path runs them: decode (``load_photo``), one interpreter allocation per worker, every
 tile's ``run`` split into the interpreter's ``invoke`` and the rest (padding, the input and output
 table look-ups, copies), stitching (``tiled_bands``: this thread's CPU time less its tiles') and
-encoding (``write_bands``' encoder thread: the process's CPU time less this thread's; its output
-file is the CLI's, byte for byte). Then: *floor* = all of it over ``--threads`` cores, as if
+encoding (``write_bands``' encoder thread: the process's CPU time less this thread's; for an RGB
+photo, as the cases' JPEG inputs are, its output file is the CLI's, byte for byte). Then: *floor* = all of it over ``--threads`` cores, as if
 perfectly packed; the model's own time for the photo's pixels as ``photo_path.py`` measures it
 (``--threads`` threads, no overlap, no I/O); and with ``--repeats N`` the CLI end to end in fresh
 processes, for how close the real run comes to its floor. Torch-free.
@@ -80,7 +80,7 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
     workers = min(len(proc.workers), tiles) if tiles > 1 else 1  # a photo of one tile: one model
     rt = load_model(model, threads=1)  # fresh, so that its allocation can be timed
     cpu = {"allocate": 0.0, "invoke": 0.0, "tile_rest": 0.0}
-    shape = []
+    shape, ran = [], []  # the output tile shape; the input pixels of every tile run
 
     def record(tile: np.ndarray) -> np.ndarray:
         if not shape:  # every worker allocates once for the tile shape
@@ -91,6 +91,7 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
         cpu["invoke"] += invoke
         cpu["tile_rest"] += rest
         shape[:] = y.shape[:2]
+        ran.append(tile.shape[0] * tile.shape[1])
         return y
 
     h, w = photo.rgb.shape[:2]
@@ -111,8 +112,8 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
     encode = time.process_time() - p0 - main
     stitch = main - cpu["invoke"] - cpu["tile_rest"] - cpu["allocate"] / workers
     parts = {"decode": decode, **cpu, "stitch": stitch, "encode": encode}
-    return {"tiles": tiles, "workers": workers, "tile_out": list(shape),
-            "tile_px_ratio": proc.model_pixels(h, w) / (h * w),
+    return {"tiles": len(ran), "workers": workers, "tile_out": list(shape),
+            "tile_px_ratio": sum(ran) / (h * w),
             "cpu_s": parts, "cpu_total_s": sum(parts.values()), "floor_s": sum(parts.values()) / threads}
 
 
