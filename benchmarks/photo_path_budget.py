@@ -112,7 +112,7 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
     encode = time.process_time() - p0 - main
     stitch = main - cpu["invoke"] - cpu["tile_rest"] - cpu["allocate"] / workers
     parts = {"decode": decode, **cpu, "stitch": stitch, "encode": encode}
-    return {"tiles": len(ran), "workers": workers, "tile_out": list(shape),
+    return {"tiles": len(ran), "workers": workers, "tile": list(proc.tile), "tile_out": list(shape),
             "tile_px_ratio": sum(ran) / (h * w),
             "cpu_s": parts, "cpu_total_s": sum(parts.values()), "floor_s": sum(parts.values()) / threads}
 
@@ -132,7 +132,7 @@ def main() -> None:
         model = builtin_model(task)
         row = {"case": args.case, "threads": args.threads, **budget(model, task, src, out, args.threads)}
         pixels = load_photo(src).rgb
-        tile = Processor(model, task, 3 if task == "sr" else 1, threads=args.threads).tile  # the CLI's default
+        tile = tuple(row["tile"])  # the CLI's default bound for this model and --threads
         model_runs = [model_only_seconds([load_model(model, threads=args.threads)], w * h, min(tile), pixels)]
         e2e = []
         for _ in range(args.repeats):
