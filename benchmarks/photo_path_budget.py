@@ -103,8 +103,8 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
                 yield row, band[: oh - row, :ow]
 
     # One pass, as the path runs: each tile's output is stitched and let go (keeping them all for a
-    # second pass made every output fresh memory, 9 ms of page faults a tile, and the stitching read
-    # them cold), and each band goes to the encoder thread. This thread's CPU time less its tiles' is
+    # second pass made every output fresh memory, about 9 ms of page faults a tile), and each band
+    # goes to the encoder thread. This thread's CPU time less its tiles' is
     # the stitching (and handing bands over); the process's less this thread's is the encoder's.
     p0, t0 = time.process_time(), time.thread_time()
     write_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
