@@ -77,7 +77,7 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
     photo = load_photo(src, scale=proc.scale)
     decode = time.thread_time() - c
     canvas, plan, tiles = proc.tiling(photo.rgb)
-    workers = min(len(proc.workers), tiles) if tiles > 1 else 1  # a photo of one tile: one model
+    workers = len(proc._tile_models(tiles))  # the path's rule: one model for a photo of one tile
     rt = load_model(model, threads=1)  # fresh, so that its allocation can be timed
     cpu = {"allocate": 0.0, "invoke": 0.0, "tile_rest": 0.0}
     shape, ran = [], []  # the output tile shape; the input pixels of every tile run
