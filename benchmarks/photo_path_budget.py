@@ -6,11 +6,12 @@ On a box whose cores the tile workers already keep busy, the path's wall time is
 over the cores, so this splits the CPU time, not the wall time. The photo path is replayed with the
 CLI's processor (default tiles and workers for ``--threads``), its tiles run in this thread, in one
 pass as the path runs them: decode (``load_photo``), one interpreter allocation per worker, every
-tile's ``run`` split into the interpreter's ``invoke`` and the rest (padding, the input and output
-table look-ups, copies), stitching (``tiled_bands``: this thread's CPU time less its tiles') and
-encoding (``write_bands``' encoder thread: the process's CPU time less this thread's; for an RGB
-photo, as the cases' JPEG inputs are, its output file is the CLI's, byte for byte). Then: *floor* = all of it over ``--threads`` cores, as if
-perfectly packed; the model's own time for the photo's pixels as ``photo_path.py`` measures it
+tile's ``run_into`` split into the interpreter's ``invoke`` and the rest (padding, the input and
+output table look-ups, the output's straight into the band), stitching (``tiled_bands``: this
+thread's CPU time less its tiles': the strips, the rows carried between bands, handing bands over)
+and encoding (``write_bands``' encoder thread: the process's CPU time less this thread's; for an
+RGB photo, as the cases' JPEG inputs are, its output file is the CLI's, byte for byte). Then:
+*floor* = all of it over ``--threads`` cores, as if perfectly packed; the model's own time for the photo's pixels as ``photo_path.py`` measures it
 (``--threads`` threads, no overlap, no I/O); and with ``--repeats N`` the CLI end to end in fresh
 processes, for how close the real run comes to its floor. Torch-free.
 """
@@ -32,13 +33,14 @@ from photo_path import case_arguments, case_input, end_to_end, model_only_second
 
 from quantir.data import io as data_io  # noqa: E402
 from quantir.data.io import load_photo, write_bands  # noqa: E402
-from quantir.data.tiling import tiled_bands  # noqa: E402
+from quantir.data.tiling import TileCut, tiled_bands  # noqa: E402
 from quantir.evaluate.predictors import load_model  # noqa: E402
 from quantir.infer import Processor, builtin_model  # noqa: E402
 
 
-def run_split(rt, tile: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(``rt.run(tile)``, CPU seconds of the interpreter's invoke, CPU seconds of the rest of ``run``)."""
+def run_split(rt, tile: np.ndarray, cut: TileCut | None = None) -> tuple[object, float, float]:
+    """(``rt.run(tile)``, or ``rt.run_into(tile, cut)`` as the path's tile workers call it, CPU seconds
+    of the interpreter's invoke, CPU seconds of the rest of the call)."""
     spent = [0.0]
     invoke = rt.interpreter.invoke
 
@@ -50,7 +52,7 @@ def run_split(rt, tile: np.ndarray) -> tuple[np.ndarray, float, float]:
     rt.interpreter.invoke = timed
     try:
         c = time.thread_time()
-        out = rt.run(tile)
+        out = rt.run(tile) if cut is None else rt.run_into(tile, cut)
         total = time.thread_time() - c
     finally:
         del rt.interpreter.invoke  # back to the class's method
@@ -82,30 +84,30 @@ def budget(model: Path, task: str, src: Path, out: Path, threads: int) -> dict:
     cpu = {"allocate": 0.0, "invoke": 0.0, "tile_rest": 0.0}
     shape, ran = [], []  # the output tile shape; the input pixels of every tile run
 
-    def record(tile: np.ndarray) -> np.ndarray:
+    def record(tile: np.ndarray, cut: TileCut | None = None):
         if not shape:  # every worker allocates once for the tile shape
             c = time.thread_time()
             rt.prepare(*tile.shape[:2])
             cpu["allocate"] = (time.thread_time() - c) * workers
-        y, invoke, rest = run_split(rt, tile)
+        out, invoke, rest = run_split(rt, tile, cut)
         cpu["invoke"] += invoke
         cpu["tile_rest"] += rest
-        shape[:] = y.shape[:2]
+        shape[:] = [n * proc.scale for n in tile.shape[:2]]
         ran.append(tile.shape[0] * tile.shape[1])
-        return y
+        return out
 
     h, w = photo.rgb.shape[:2]
     oh, ow = h * proc.scale, w * proc.scale
 
     def bands():  # Processor.bands with one worker that records its tiles
-        for row, band in tiled_bands(canvas, record, **plan):
+        for row, band in tiled_bands(canvas, record, into=[record], **plan):
             if row < oh:
                 yield row, band[: oh - row, :ow]
 
-    # One pass, as the path runs: each tile's output is stitched and let go (keeping them all for a
-    # second pass made every output fresh memory, about 9 ms of page faults a tile), and each band
-    # goes to the encoder thread. This thread's CPU time less its tiles' is
-    # the stitching (and handing bands over); the process's less this thread's is the encoder's.
+    # One pass, as the path runs: each tile's output goes into its band (keeping the tiles for a second
+    # pass made every output fresh memory, about 9 ms of page faults a tile), and each band goes to
+    # the encoder thread. This thread's CPU time less its tiles' is the stitching (and handing bands
+    # over); the process's less this thread's is the encoder's.
     p0, t0 = time.process_time(), time.thread_time()
     write_bands(out, ow, oh, bands(), icc_profile=photo.icc_profile)
     main = time.thread_time() - t0

@@ -289,8 +289,9 @@ class Processor:
         h, w = rgb.shape[:2]
         canvas, plan, tiles = self.tiling(rgb)
         oh, ow = h * self.scale, w * self.scale
-        runs = [rt.run for rt in self._tile_models(tiles)]  # one per worker: parallel tiles, same bits
-        for row, band in tiled_bands(canvas, runs, on_tile=on_tile, **plan):
+        models = self._tile_models(tiles)  # one per worker: parallel tiles, same bits
+        for row, band in tiled_bands(canvas, [m.run for m in models], on_tile=on_tile,
+                                     into=[m.run_into for m in models], **plan):
             if row < oh:
                 yield row, band[: oh - row, :ow]
 

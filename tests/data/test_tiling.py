@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quantir.data.tiling import fit_tile, map_ordered, tile_plan, tile_starts, tiled_apply
+from quantir.data.tiling import fit_tile, map_ordered, tile_plan, tile_starts, tiled_apply, tiled_bands
 from tests.conftest import natural_image
 
 
@@ -112,6 +112,28 @@ def test_hard_cut_copies_each_pixel_from_one_tile(scale):
     # float rounding of convolutions of another size: no blending adds any)
     net = _conv_net(scale)
     assert np.abs(tiled_apply(img, net, scale=scale, tile=64, overlap=16, margin=8) - net(img)).max() < 1e-5
+
+
+@pytest.mark.parametrize("margin", [None, 8])  # cross-fade strips; a hard cut
+def test_workers_writing_into_the_band_give_the_bands_of_whole_tile_outputs(margin):
+    """Tile workers that write their cores into the band (``into``, three of them, in parallel)
+    give the bands of a function that returns whole tiles, bit for bit."""
+    img = natural_image(150, 211, seed=4)
+    scale = 3
+
+    def fn(t):  # depends on the tile's pixels only, so the order the workers run in cannot matter
+        up = np.repeat(np.repeat(t, scale, 0), scale, 1).astype(np.int16)
+        return np.clip(up + int(t.sum()) % 41 - 20, 0, 255).astype(np.uint8)
+
+    def into(t, cut):
+        res = fn(t)
+        cut.dest(res.dtype, res.shape[2])[...] = res[cut.rows, cut.cols]
+        return res[cut.strip_rows], res[:, cut.strip_cols]
+
+    plain = list(tiled_bands(img, fn, scale, tile=64, overlap=16, margin=margin))
+    ours = list(tiled_bands(img, [fn] * 3, scale, tile=64, overlap=16, margin=margin, into=[into] * 3))
+    assert len(plain) == len(ours) > 2
+    assert all(r == q and np.array_equal(a, b) for (r, a), (q, b) in zip(plain, ours))
 
 
 def test_map_ordered_keeps_order_and_gives_each_fn_one_thread_at_a_time():

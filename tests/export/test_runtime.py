@@ -30,3 +30,23 @@ def test_lookup_takes_the_top_bit_flip_shortcut_only_for_that_table():
     for table in (flip, other, identity, np.linspace(0, 1, 256, dtype=np.float32)):
         got = _lookup(table, codes)
         assert got.dtype == table.dtype and np.array_equal(got, table[codes])
+        band = np.zeros((5, 9, 3), table.dtype)  # into a strided view of a larger array, as tiles write bands
+        assert _lookup(table, codes, out=band[:, 1:8:2]) is not None
+        assert np.array_equal(band[:, 1:8:2], table[codes]) and not band[:, ::2].any()
+
+
+@pytest.mark.parametrize("backend", ["tflite", "onnx"])
+def test_run_into_writes_the_core_and_returns_the_strips_of_run(backend):
+    """A tile worker's ``run_into`` stores in the band what ``run`` gives on the tile's weight-one
+    core, touches nothing else there, and returns ``run``'s strip pixels."""
+    from quantir.data.tiling import BandBuffer, TileCut
+    from tests.conftest import natural_image
+
+    rt = load_runtime(builtin_model("sr", backend), threads=1)
+    tile = natural_image(37, 45, seed=2)
+    whole = rt.run(tile)
+    band = BandBuffer(whole.shape[0], whole.shape[1] + 20)
+    cut = TileCut(band, slice(4, 100), slice(6, 120), 10, np.array([0, 1, 110]), np.array([2, 130]))
+    strip_rows, strip_cols = rt.run_into(tile, cut)
+    assert np.array_equal(band.pixels[4:100, 16:130], whole[4:100, 6:120])
+    assert np.array_equal(strip_rows, whole[[0, 1, 110]]) and np.array_equal(strip_cols, whole[:, [2, 130]])

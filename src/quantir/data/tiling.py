@@ -8,13 +8,18 @@ each output pixel is then a convex combination of identical values and the resul
 untiled run up to float rounding; with ``margin`` = half the overlap there is no cross-fade, each
 output pixel is copied from the one tile that owns it, and the result is the untiled run exactly.
 Tiles can run on several worker threads (``map_ordered``): one callable per worker, results
-taken in tile order, so the bands are the same bits whatever the number of workers.
+taken in tile order, so the bands are the same bits whatever the number of workers. Each worker
+writes its tile's weight-one core into the band itself (``TileCut``), so the stitching thread only
+blends the strips.
 numpy only, so the torch-free inference path can use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +27,63 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+class BandBuffer:
+    """One band's output pixels, shared by the band's tiles. Allocated by the first tile worker that
+    writes into it: only the model's output tells the dtype and the channels."""
+
+    def __init__(self, rows: int, width: int):
+        self.rows, self.width = rows, width
+        self.pixels: np.ndarray | None = None  # rows x width x channels, once a tile has written
+        self.flat = False  # the tiles' outputs are 2-D: the band is yielded without its channel axis
+        self._lock = threading.Lock()
+
+    def get(self, dtype, channels: int, flat: bool = False) -> np.ndarray:
+        with self._lock:
+            if self.pixels is None:
+                self.pixels, self.flat = np.empty((self.rows, self.width, channels), dtype), flat
+        return self.pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class TileCut:
+    """Where one tile's output goes in its band, handed to the tile worker with the tile.
+
+    A band starts at its tiles' first output row, so tile rows are band rows; tile column c is
+    band column ``at + c``. ``rows`` x ``cols`` is the part of the tile's output whose weight is
+    exactly one (its pixels are final there); ``strip_rows`` / ``strip_cols`` are the tile's output
+    rows / columns in cross-fade strips, which the stitching thread blends.
+    """
+
+    band: BandBuffer
+    rows: slice
+    cols: slice
+    at: int
+    strip_rows: np.ndarray
+    strip_cols: np.ndarray
+
+    def dest(self, dtype, channels: int, flat: bool = False) -> np.ndarray:
+        """The band's pixels the tile's weight-one core goes to (a rows x cols x channels view)."""
+        return self.band.get(dtype, channels, flat)[self.rows, self.at + self.cols.start:self.at + self.cols.stop]
+
+    def write(self, res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For a tile's whole output ``res``: store its core in the band; return its strip rows and
+        columns (with a channel axis), the pixels the stitching thread still needs."""
+        res3 = res if res.ndim == 3 else res[..., None]
+        core = res3[self.rows, self.cols]
+        self.dest(res.dtype, res3.shape[2], res.ndim == 2)[...] = \
+            core if np.issubdtype(res.dtype, np.integer) else core.astype(np.float32).astype(res.dtype)
+        return res3[self.strip_rows], res3[:, self.strip_cols]
+
+
+# A tile worker's call: run the model on the tile, write its core where the TileCut says (always
+# through ``cut.dest``, even for an empty core: that allocates the band) and return ``cut.write``'s pair.
+TileIntoFn = Callable[[np.ndarray, TileCut], tuple[np.ndarray, np.ndarray]]
+
+
+def _write_whole(fn: TileFn, tile: np.ndarray, cut: TileCut) -> tuple[np.ndarray, np.ndarray]:
+    return cut.write(fn(tile))
 
 
 def map_ordered(fns: Sequence[TileFn], items: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -196,7 +258,7 @@ def fit_tile(size: int, tile: int, overlap: int, align: int = 1) -> int:
 def tiled_bands(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1,
                 tile: int | tuple[int, int] = 256, overlap: int = 32, margin: int | None = None,
                 on_tile: Callable[[int, int], None] | None = None,
-                align: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+                align: int = 1, into: Sequence[TileIntoFn] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, band)``: consecutive horizontal bands of the output ``fn`` would give on the whole image.
 
     Each band is final when yielded (every tile that touches it has run), so a streaming writer
@@ -207,12 +269,14 @@ def tiled_bands(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1
     receptive-field radius is at most half the overlap). Tile origins are multiples of ``align``.
     ``on_tile(done, total)`` is called after each tile. ``fn`` may be a sequence of equivalent
     callables, one per worker thread (:func:`map_ordered`): the tiles then run in parallel.
+    ``into`` (optional, one per ``fn``) does what ``fn`` does, but writes the tile's output into the
+    band itself (:data:`TileIntoFn`): a model runtime can then dequantize straight into it.
 
-    Where one tile has weight exactly one (every other tile weight zero) its pixels are copied; only
-    the cross-fade strips (about a tenth of the pixels at the default sizes) are accumulated in
-    float32, pixel by pixel with the same operations in the same order as a full-image weighted
-    sum ``(sum of this tile row's terms + the previous row's) / sum of weights``, so the result is
-    the same bits as that sum at a fraction of its memory traffic.
+    Where one tile has weight exactly one (every other tile weight zero) its pixels are copied, by
+    the worker that ran it; only the cross-fade strips (about a tenth of the pixels at the default
+    sizes) are accumulated in float32, pixel by pixel with the same operations in the same order as
+    a full-image weighted sum ``(sum of this tile row's terms + the previous row's) / sum of
+    weights``, so the result is the same bits as that sum at a fraction of its memory traffic.
     """
     h, w = image.shape[:2]
     fns = list(fn) if isinstance(fn, Sequence) else [fn]
@@ -224,44 +288,54 @@ def tiled_bands(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1
             on_tile(1, 1)
         yield 0, out
         return
+    intos = list(into) if into is not None else [functools.partial(_write_whole, f) for f in fns]
     ow = w * scale
     wxs, x_spans = _axis_weights(xs, tw, w, margin, scale, overlap)
     wys, y_spans = _axis_weights(ys, th, h, margin, scale, overlap)
     cols = np.flatnonzero(_strips(wxs, x_spans, ow))  # the vertical strips (output columns)
     strip_rows = _strips(wys, y_spans, h * scale)
+    # per tile column: its band columns [a, b), its weight-one columns, its strip columns (lo:hi in cols)
+    col_cuts = []
+    for (a, b), wx in zip(x_spans, wxs):
+        lo, hi = (int(k) for k in np.searchsorted(cols, [a, b]))
+        col_cuts.append((a, b, _ones(wx), lo, hi, cols[lo:hi] - a))
+    # per band: its weight-one rows, the band rows of the horizontal strips
+    row_cuts = [(_ones(wy), np.flatnonzero(strip_rows[ya:yb])) for wy, (ya, yb) in zip(wys, y_spans)]
+    made: deque[BandBuffer] = deque()  # bands whose tiles have gone to the workers, not yet stitched
+
+    def tiles() -> Iterator[tuple[np.ndarray, TileCut]]:
+        for y0, wy, (ry, rows) in zip(ys, wys, row_cuts):
+            band = BandBuffer(len(wy), ow)
+            made.append(band)
+            for x0, (a, _, rx, _, _, loc) in zip(xs, col_cuts):
+                yield image[y0:min(y0 + th, h), x0:min(x0 + tw, w)], TileCut(band, ry, rx, a, rows, loc)
+
+    results = map_ordered([(lambda item, f=f: f(*item)) for f in intos], tiles())
     carry = None  # (pixels, strip rows acc/wsum, strip columns acc/wsum) of rows shared with the next band
-    results = map_ordered(fns, (image[y0:min(y0 + th, h), x0:min(x0 + tw, w)] for y0 in ys for x0 in xs))
     for i, y0 in enumerate(ys):
         y1 = min(y0 + th, h)
         wy = wys[i]
-        rows = np.flatnonzero(strip_rows[y_spans[i][0]:y_spans[i][1]])  # band rows of the horizontal strips
-        ry = _ones(wy)
-        buf = acc_r = ws_r = acc_c = ws_c = dtype = None
+        ry, rows = row_cuts[i]
+        acc_r = ws_r = acc_c = ws_c = None
         for j in range(len(xs)):
-            res = next(results)
-            res3 = res if res.ndim == 3 else res[..., None]
-            a, b = x_spans[j]
-            if buf is None:
-                dtype = res.dtype
-                buf = np.empty((len(wy), ow, res3.shape[2]), dtype)
-                acc_r = np.zeros((len(rows), ow, res3.shape[2]), np.float32)
+            strip_r, strip_c = next(results)
+            if acc_r is None:
+                band = made.popleft()
+                buf = band.pixels  # allocated by the worker of the band's first tile
+                dtype, channels = buf.dtype, buf.shape[2]
+                acc_r = np.zeros((len(rows), ow, channels), np.float32)
                 ws_r = np.zeros((len(rows), ow), np.float32)
-                acc_c = np.zeros((len(wy), len(cols), res3.shape[2]), np.float32)
+                acc_c = np.zeros((len(wy), len(cols), channels), np.float32)
                 ws_c = np.zeros((len(wy), len(cols)), np.float32)
+            a, b, _, lo, hi, loc = col_cuts[j]
             wx = wxs[j]
-            rx = _ones(wx)
-            core = res3[ry, rx]
-            buf[ry, a + rx.start:a + rx.stop] = core if np.issubdtype(dtype, np.integer) else \
-                core.astype(np.float32).astype(dtype)
             if len(rows):
                 wgt = wy[rows][:, None] * wx[None, :]
-                acc_r[:, a:b] += res3[rows].astype(np.float32) * wgt[..., None]
+                acc_r[:, a:b] += strip_r.astype(np.float32) * wgt[..., None]
                 ws_r[:, a:b] += wgt
-            lo, hi = np.searchsorted(cols, [a, b])
             if hi > lo:
-                loc = cols[lo:hi] - a
                 wgt = wy[:, None] * wx[loc][None, :]
-                acc_c[:, lo:hi] += res3[:, loc].astype(np.float32) * wgt[..., None]
+                acc_c[:, lo:hi] += strip_c.astype(np.float32) * wgt[..., None]
                 ws_c[:, lo:hi] += wgt
             done += 1
             if on_tile:
@@ -285,8 +359,8 @@ def tiled_bands(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1
         if (~trail).any():
             buf[rows[~trail]] = _blend(acc_r[~trail], ws_r[~trail], dtype)
         carry = (buf[final:], (acc_r[trail], ws_r[trail]), (acc_c[final:], ws_c[final:]))
-        band = buf[:final]
-        yield y0 * scale, band if res.ndim == 3 else band[..., 0]
+        out = buf[:final]
+        yield y0 * scale, out[..., 0] if band.flat else out
 
 
 def tiled_apply(image: np.ndarray, fn: TileFn | Sequence[TileFn], scale: int = 1,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from quantir.data.task import ModelInfo, Task
-from quantir.data.tiling import tiled_apply
+from quantir.data.tiling import TileCut, tiled_apply
 from quantir.errors import ModelFileError
 from quantir.export.runtime import SUFFIXES, Runtime, load_runtime
 
@@ -41,6 +41,10 @@ class TorchPredictor:
         from quantir.models.apply import run_uint8
 
         return run_uint8(self.model, img)
+
+    def run_into(self, img: np.ndarray, cut: TileCut) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run` as a photo-path tile worker (``tiling.TileIntoFn``)."""
+        return cut.write(self.run(img))
 
 
 def load_model(path: str | Path, threads: int = 2, backend: str | None = None) -> Runtime | TorchPredictor:
