@@ -13,7 +13,8 @@ and encoding (``write_bands``' encoder thread: the process's CPU time less this 
 RGB photo, as the cases' JPEG inputs are, its output file is the CLI's, byte for byte). Then:
 *floor* = all of it over ``--threads`` cores, as if perfectly packed; the model's own time for the photo's pixels as ``photo_path.py`` measures it
 (``--threads`` threads, no overlap, no I/O); and with ``--repeats N`` the CLI end to end in fresh
-processes, for how close the real run comes to its floor. Torch-free.
+processes, for how close the real run comes to its floor, and the CLI on a strip of two tiles
+(``startup_s``: imports, model loads, almost no tile work), which no tile overlaps. Torch-free.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from statistics import median
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from photo_path import case_arguments, case_input, end_to_end, model_only_seconds  # noqa: E402
@@ -136,15 +138,21 @@ def main() -> None:
         pixels = load_photo(src).rgb
         tile = tuple(row["tile"])  # the CLI's default bound for this model and --threads
         model_runs = [model_only_seconds([load_model(model, threads=args.threads)], w * h, min(tile), pixels)]
-        e2e = []
+        # start-up: the CLI on a strip of two tiles (64 px high), in fresh processes: the imports, the
+        # model loads and what else a run pays before and after its tiles, with almost no tile work
+        small = Path(tmp) / "small.jpg"
+        Image.fromarray(pixels[:64, :tile[1] + 64]).save(small, quality=95)
+        e2e, startup = [], []
         for _ in range(args.repeats):
             e2e.append(end_to_end(cmd, src, Path(tmp) / f"cli{out.suffix}", tile, args.threads)["e2e_s"])
             model_runs.append(model_only_seconds([load_model(model, threads=args.threads)], w * h, min(tile), pixels))
+            startup.append(end_to_end(cmd, small, Path(tmp) / f"small_out{out.suffix}", tile, args.threads)["e2e_s"])
     row["model_s"] = median(model_runs)
     row["floor_ratio"] = row["floor_s"] / row["model_s"]
     row["cpu_share"] = {k: v / row["cpu_total_s"] for k, v in row["cpu_s"].items()}
     if e2e:
-        row.update(e2e_runs_s=e2e, e2e_s=median(e2e), ratio=median(e2e) / row["model_s"])
+        row.update(e2e_runs_s=e2e, e2e_s=median(e2e), ratio=median(e2e) / row["model_s"],
+                   startup_s=median(startup), floor_with_startup_ratio=(row["floor_s"] + median(startup)) / row["model_s"])
     rounded = json.loads(json.dumps(row), parse_float=lambda s: round(float(s), 3))
     print(json.dumps(rounded))
     if args.json:
