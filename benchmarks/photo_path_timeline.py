@@ -4,7 +4,7 @@ what a TFLite allocation for that tile costs and holds.
     python benchmarks/photo_path_timeline.py --photo data/samples/train/<a 10+ MP photo> --case enhance:4000x3000:jpg
 
 Each run is a fresh process (imports excluded from the clock, as in ``photo_path.py``): every
-worker's ``run`` is wrapped to record its start, end and CPU time per tile. Printed per run: when
+worker's ``run_into`` (``run`` in older checkouts) is wrapped to record its start, end and CPU time per tile. Printed per run: when
 each worker started its first tile (from the CLI's entry), the end of the last tile and of the
 command, the workers' summed CPU time in their tiles, their summed idle time between their first
 tile's start and their last tile's end (handing tiles over, and waiting for the GIL) with each wait
@@ -37,15 +37,17 @@ init = infer.Processor.__init__
 def wrapped_init(self, *a, **k):
     init(self, *a, **k)
     for rt in self.workers:
-        run = rt.run
-        def timed(x, run=run):
+        # the tile workers call run_into (since 2026-12-07); an older checkout's call run
+        name = "run_into" if "run_into" in dir(rt) else "run"
+        run = getattr(rt, name)
+        def timed(x, *cut, run=run):
             t, c = time.perf_counter(), time.thread_time()
-            y = run(x)
+            y = run(x, *cut)
             with lock:
                 tiles.append((threading.current_thread().name, t - T0, time.perf_counter() - T0,
                               time.thread_time() - c, x.shape[0], x.shape[1]))
             return y
-        rt.run = timed
+        setattr(rt, name, timed)
 infer.Processor.__init__ = wrapped_init
 T0 = time.perf_counter()
 code = main(sys.argv[1:])
