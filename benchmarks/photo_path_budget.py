@@ -11,10 +11,11 @@ output table look-ups, the output's straight into the band), stitching (``tiled_
 thread's CPU time less its tiles': the strips, the rows carried between bands, handing bands over)
 and encoding (``write_bands``' encoder thread: the process's CPU time less this thread's; for an
 RGB photo, as the cases' JPEG inputs are, its output file is the CLI's, byte for byte). Then:
-*floor* = all of it over ``--threads`` cores, as if perfectly packed; the model's own time for the photo's pixels as ``photo_path.py`` measures it
-(``--threads`` threads, no overlap, no I/O); and with ``--repeats N`` the CLI end to end in fresh
-processes, for how close the real run comes to its floor, and the CLI on a strip of two tiles
-(``startup_s``: imports, model loads, almost no tile work), which no tile overlaps. Torch-free.
+*floor* = all of it over ``--threads`` cores, as if perfectly packed; the model's own time for the
+photo's pixels as ``photo_path.py`` measures it (``--threads`` threads, no overlap, no I/O); and
+with ``--repeats N`` the CLI end to end in fresh processes, for how close the real run comes to its
+floor, and the CLI on a strip of two tiles (``startup_s``: imports, model loads, almost no tile
+work), which no tile overlaps. Torch-free.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def run_split(rt, tile: np.ndarray, cut: TileCut | None = None) -> tuple[object,
 
 
 class NullWriter:
-    """A streaming writer that drops the rows (``--no-encode``): the path's other parts without an encoder beside them."""
+    """A streaming writer that drops the rows (``--no-encode``): the path's other parts without an
+    encoder beside them."""
 
     def __init__(self, *args, **kwargs):
         pass
@@ -151,8 +153,8 @@ def main() -> None:
     row["floor_ratio"] = row["floor_s"] / row["model_s"]
     row["cpu_share"] = {k: v / row["cpu_total_s"] for k, v in row["cpu_s"].items()}
     if e2e:
-        row.update(e2e_runs_s=e2e, e2e_s=median(e2e), ratio=median(e2e) / row["model_s"],
-                   startup_s=median(startup), floor_with_startup_ratio=(row["floor_s"] + median(startup)) / row["model_s"])
+        row.update(e2e_runs_s=e2e, e2e_s=median(e2e), ratio=median(e2e) / row["model_s"], startup_s=median(startup),
+                   floor_with_startup_ratio=(row["floor_s"] + median(startup)) / row["model_s"])
     rounded = json.loads(json.dumps(row), parse_float=lambda s: round(float(s), 3))
     print(json.dumps(rounded))
     if args.json:
