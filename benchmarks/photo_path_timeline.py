@@ -6,10 +6,10 @@ what a TFLite allocation for that tile costs and holds.
 Each run is a fresh process (imports excluded from the clock, as in ``photo_path.py``): every
 worker's ``run_into`` (``run`` in older checkouts) is wrapped to record its start, end and CPU time
 per tile. Printed per run: when each worker started its first tile (from the CLI's entry), the end
-of the last tile and of the command, the workers' summed CPU time in their tiles, their summed idle time between their first
-tile's start and their last tile's end (handing tiles over, and waiting for the GIL) with each wait
-over 5 ms as (when it began, how long), the main thread's CPU time, and the tiles' pixels against
-the photo's. Then, in another fresh process, one ``allocate_tensors`` for the tile shape the run
+of the last tile and of the command, the workers' summed CPU time in their tiles, their summed
+idle time between their first tile's start and their last tile's end (handing tiles over, and
+waiting for the GIL) with each wait over 5 ms as (when it began, how long), the main thread's CPU
+time, and the tiles' pixels against the photo's. Then, in another fresh process, one ``allocate_tensors`` for the tile shape the run
 used: its wall time, minor page faults, and the longest wait of a thread that sleeps 1 ms at a time
 meanwhile (about the whole allocation: it holds the GIL). Works with another
 checkout's code too (``PYTHONPATH=/tmp/old/src``): it only uses what the photo path had before.
