@@ -9,10 +9,11 @@ per tile. Printed per run: when each worker started its first tile (from the CLI
 of the last tile and of the command, the workers' summed CPU time in their tiles, their summed
 idle time between their first tile's start and their last tile's end (handing tiles over, and
 waiting for the GIL) with each wait over 5 ms as (when it began, how long), the main thread's CPU
-time, and the tiles' pixels against the photo's. Then, in another fresh process, one ``allocate_tensors`` for the tile shape the run
-used: its wall time, minor page faults, and the longest wait of a thread that sleeps 1 ms at a time
-meanwhile (about the whole allocation: it holds the GIL). Works with another
-checkout's code too (``PYTHONPATH=/tmp/old/src``): it only uses what the photo path had before.
+time, and the tiles' pixels against the photo's. Then, in another fresh process, one
+``allocate_tensors`` for the tile shape the run used: its wall time, minor page faults, and the
+longest wait of a thread that sleeps 1 ms at a time meanwhile (about the whole allocation: it holds
+the GIL). Works with another checkout's code too (``PYTHONPATH=/tmp/old/src``): it only uses what
+the photo path had before.
 """
 
 from __future__ import annotations
