@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from quantir.data.tiling import BandBuffer, TileCut
 from quantir.export.runtime import _dequantize, load_runtime, quantize_input
 from quantir.infer import builtin_model
+from tests.conftest import natural_image
 
 
 @pytest.mark.parametrize("task", ["sr", "enhance"])
@@ -39,9 +41,6 @@ def test_lookup_takes_the_top_bit_flip_shortcut_only_for_that_table():
 def test_run_into_writes_the_core_and_returns_the_strips_of_run(backend):
     """A tile worker's ``run_into`` stores in the band what ``run`` gives on the tile's weight-one
     core, touches nothing else there, and returns ``run``'s strip pixels."""
-    from quantir.data.tiling import BandBuffer, TileCut
-    from tests.conftest import natural_image
-
     rt = load_runtime(builtin_model("sr", backend), threads=1)
     tile = natural_image(37, 45, seed=2)
     whole = rt.run(tile)
